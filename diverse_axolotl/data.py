@@ -1,0 +1,173 @@
+"""Reading instruction pools and writing each round's training file, in the pool's own format.
+
+A pool is a list of rows (dicts). Three formats, each one Axolotl reads natively:
+  alpaca      {instruction, input, output}           -> Axolotl `type: alpaca`
+  chat        {messages: [{role, content}, ...]}     -> Axolotl `type: chat_template`
+  completion  {text}                                 -> Axolotl `type: completion`
+Files: a JSON list, JSON lines (optionally .gz / .xz), or parquet. Errors name the file and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UserError
+
+REQUIRED_FIELDS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "completion": ("text",)}
+AXOLOTL_TYPE = {"alpaca": "alpaca", "chat": "chat_template", "completion": "completion"}
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _json_error(path: Path, exc: json.JSONDecodeError, line_offset: int = 0) -> UserError:
+    return UserError(f"{path}:{exc.lineno + line_offset}: malformed JSON ({exc.msg}, column {exc.colno})")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """All rows of a pool file, whatever its container; one-line errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such pool file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    try:
+        with _open_text(path) as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError, EOFError, lzma.LZMAError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    if not text.strip():
+        raise UserError(f"{path}: the pool file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _json_error(path, exc) from None
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise _json_error(path, exc, lineno - 1) from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {i} is a {type(row).__name__}, expected a JSON object")
+    return rows
+
+
+def check_rows(rows: list[dict], fmt: str, path: Path) -> None:
+    """Every row carries the fields its format needs, as text."""
+    if not rows:
+        raise UserError(f"{path}: the pool holds no rows")
+    for i, row in enumerate(rows):
+        for field in REQUIRED_FIELDS[fmt]:
+            if field not in row:
+                raise UserError(
+                    f"{path}: row {i} has no '{field}' field, which format '{fmt}' needs"
+                    f" (fields: {', '.join(REQUIRED_FIELDS[fmt])}; the row has: {', '.join(row)})"
+                )
+        if fmt == "chat":
+            msgs = row["messages"]
+            if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+                raise UserError(f"{path}: row {i}: 'messages' must be a non-empty list of {{role, content}}")
+            if msgs[-1]["role"] != "assistant":
+                raise UserError(f"{path}: row {i}: the last message must be the assistant's answer")
+
+
+def load_pool(path: Path, fmt: str, limit: int | None = None) -> list[dict[str, Any]]:
+    rows = read_rows(path)
+    if limit is not None:
+        rows = rows[:limit]
+    check_rows(rows, fmt, path)
+    return rows
+
+
+def prompt_and_response(row: dict, fmt: str, tokenizer=None) -> tuple[str, str]:
+    """The text a model reads (prompt) and the text it should produce (response) for one row.
+
+    alpaca uses Axolotl's alpaca template; chat uses the tokenizer's chat template when it has one; completion has
+    no prompt. Embedding uses prompt + response; scorers need them apart.
+    """
+    if fmt == "alpaca":
+        inp = row.get("input") or ""
+        template = ALPACA_PROMPT if inp.strip() else ALPACA_PROMPT_NO_INPUT
+        return template.format(instruction=row["instruction"], input=inp), str(row["output"])
+    if fmt == "chat":
+        history, answer = row["messages"][:-1], row["messages"][-1]["content"]
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in history) + "<|assistant|>\n"
+        return prompt, str(answer)
+    return "", str(row["text"])
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside `path`; rename it over `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)

@@ -1,0 +1,94 @@
+"""Embedding a pool with the (adapted) model: one vector per row, pooled from a hidden layer.
+
+Rows are tokenised once, sorted by length, and packed into batches holding at most `batch_tokens` padded tokens,
+so short rows share big batches and long rows small ones. Only the transformer body runs (no vocab-sized logits).
+Results go to a float32 array in the original row order (a memmap on disk when `out` is given).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .models import decoder_body
+from .progress import progress_bar
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
+    """Row ids grouped into batches, longest first, each with rows * longest <= batch_tokens (at least one row)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, current, longest = [], [], 0
+    for idx in order:
+        length = max(int(lengths[idx]), 1)
+        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
+            batches.append(np.array(current))
+            current, longest = [], 0
+        current.append(int(idx))
+        longest = max(longest, length)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Mean over the non-pad tokens, or the last non-pad token (right padding), in float32."""
+    hidden = hidden.float()
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).float()
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    last = mask.sum(1).long().clamp(min=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length)
+    return enc["input_ids"]
+
+
+@torch.inference_mode()
+def embed_token_ids(
+    model,
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    pooling: str = "mean",
+    layer: int = -1,
+    batch_tokens: int = 16384,
+    out: Path | None = None,
+    desc: str = "embedding",
+) -> np.ndarray:
+    """(N, hidden) float32 embeddings of pre-tokenised rows, in input order."""
+    body = decoder_body(model)
+    device = next(body.parameters()).device
+    hidden_size = model.config.hidden_size
+    n = len(token_ids)
+    result = (
+        np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden_size))
+        if out is not None
+        else np.empty((n, hidden_size), dtype=np.float32)
+    )
+    lengths = [len(t) for t in token_ids]
+    with progress_bar(desc, total=sum(lengths), unit="tok") as advance:
+        for batch in token_budget_batches(lengths, batch_tokens):
+            width = max(max(lengths[i] for i in batch), 1)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = torch.as_tensor(token_ids[i])
+                mask[row, : lengths[i]] = 1
+            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            outputs = body(input_ids=ids, attention_mask=mask, output_hidden_states=layer != -1, use_cache=False)
+            hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+            result[batch] = pool_hidden(hidden, mask, pooling).cpu().numpy()
+            advance(int(sum(lengths[i] for i in batch)))
+    if isinstance(result, np.memmap):
+        result.flush()
+    return result
+
+
+def embed_rows(model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding"):
+    """Tokenise and embed texts as the recipe's `embedding` block says."""
+    ids = tokenize_texts(tokenizer, texts, spec.max_length)
+    return embed_token_ids(model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc)

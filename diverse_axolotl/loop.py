@@ -1,0 +1,284 @@
+"""The rounds: seed set -> train -> embed with the adapted model -> (score) -> select -> next round, resumable.
+
+Run folder layout (every file written atomically; a round counts as finished only when `round_K/done.json` exists):
+
+    output_dir/run.json                 resolved recipe, its hash, versions, pool and model hashes
+    output_dir/round_K/train.jsonl      the subset trained on in round K, in the pool's own format
+    output_dir/round_K/manifest.json    pool row ids in pick order, the round each entered, selector, seed, hash
+    output_dir/round_K/adapter/         the LoRA adapter Axolotl trained on it
+    output_dir/round_K/embeddings.npy   (N, hidden) float32 pool embeddings from base + that adapter
+    output_dir/round_K/scores.npy       per-row scores, when the selector uses them
+    output_dir/round_K/done.json        losses and timings of the round
+    output_dir/summary.json             one row per round
+
+Interrupted runs resume at the first stage whose output is missing; finished work is never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
+from .errors import UserError
+from .recipe import Recipe
+from .selection import get_selector, selector_class
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def round_dir(self, k: int) -> Path:
+        return self.root / f"round_{k}"
+
+    def train_file(self, k: int) -> Path:
+        return self.round_dir(k) / "train.jsonl"
+
+    def manifest(self, k: int) -> Path:
+        return self.round_dir(k) / "manifest.json"
+
+    def adapter(self, k: int) -> Path:
+        return self.round_dir(k) / "adapter"
+
+    def embeddings(self, k: int) -> Path:
+        return self.round_dir(k) / "embeddings.npy"
+
+    def scores(self, k: int) -> Path:
+        return self.round_dir(k) / "scores.npy"
+
+    def done(self, k: int) -> Path:
+        return self.round_dir(k) / "done.json"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def check_budget(recipe: Recipe, n_rows: int) -> None:
+    sel = recipe.selection
+    if sel.total_rows > n_rows:
+        raise UserError(
+            f"{recipe.path}: seed_size + rounds * per_round = {sel.seed_size} + {sel.rounds} * {sel.per_round}"
+            f" = {sel.total_rows} rows, but the pool has only {n_rows}"
+        )
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "diverse-axolotl": __version__}
+    for pkg in ("torch", "transformers", "peft", "axolotl", "trl", "numpy", "faiss-cpu", "lm_eval"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _model_config_hash(base_model: str) -> str | None:
+    cfg = Path(base_model) / "config.json"
+    return hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.is_file() else None
+
+
+def prepare_run_dir(recipe: Recipe, paths: RunPaths, resume: bool, force: bool) -> None:
+    """Refuse to mix two recipes' rounds in one folder; --force starts over, same recipe continues."""
+    if paths.run_info.is_file():
+        previous = json.loads(paths.run_info.read_text())
+        if previous.get("recipe_hash") != recipe.hash:
+            if not force:
+                raise UserError(
+                    f"{paths.root} holds a run of a different recipe (hash {previous.get('recipe_hash')} vs"
+                    f" {recipe.hash}); use another output_dir, or --force to delete it and start over"
+                )
+            shutil.rmtree(paths.root)
+    elif resume and not paths.root.exists():
+        raise UserError(f"--resume: {paths.root} holds no run to resume")
+    if not paths.run_info.is_file():
+        write_json(
+            paths.run_info,
+            {
+                "recipe_hash": recipe.hash,
+                "recipe_file": str(recipe.path),
+                "recipe": recipe.resolved(),
+                "pool_sha256": file_sha256(recipe.selection.pool.path),
+                "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
+                "versions": _versions(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+
+
+def write_round_files(paths: RunPaths, k: int, rows: list[dict], picks: np.ndarray, entered: np.ndarray, info: dict) -> None:
+    """The round's training file (pool format) then its manifest; the manifest names the picks in order."""
+    write_jsonl(paths.train_file(k), (rows[i] for i in picks))
+    write_json(paths.manifest(k), {"round": k, **info, "indices": picks.tolist(), "entered_round": entered.tolist()})
+
+
+def read_manifest(paths: RunPaths, k: int) -> tuple[np.ndarray, np.ndarray]:
+    m = json.loads(paths.manifest(k).read_text())
+    return np.asarray(m["indices"], dtype=np.int64), np.asarray(m["entered_round"], dtype=np.int64)
+
+
+class Loop:
+    """One run of a recipe. `run()` executes (or resumes) every round and returns the summary rows."""
+
+    def __init__(self, recipe: Recipe, log=print):
+        self.recipe = recipe
+        self.sel = recipe.selection
+        self.paths = RunPaths(recipe.output_dir)
+        self.log = log
+        self.selector = get_selector(self.sel.selector.name, **self.sel.selector.params)
+        self.rows = load_pool(self.sel.pool.path, self.sel.pool.format, self.sel.pool.limit)
+        check_budget(recipe, len(self.rows))
+        self._tokenizer = None
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.recipe.axolotl["base_model"], self._trust_remote_code)
+        return self._tokenizer
+
+    @property
+    def _trust_remote_code(self) -> bool:
+        return self.recipe.axolotl.get("trust_remote_code") is True
+
+    def seed_round(self) -> None:
+        if self.paths.manifest(0).is_file():
+            return
+        picks = get_selector("random").select(len(self.rows), self.sel.seed_size, seed=self.sel.seed)
+        info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash}
+        write_round_files(self.paths, 0, self.rows, picks, np.zeros(len(picks), dtype=np.int64), info)
+
+    def train(self, k: int) -> dict[str, Any]:
+        from .training import axolotl_config, train_round
+
+        adapter = self.paths.adapter(k)
+        done_marker = adapter / "train_result.json"
+        if done_marker.is_file():
+            return json.loads(done_marker.read_text())
+        previous = None if (self.sel.retrain_from_base or k == 0) else self.paths.adapter(k - 1)
+        cfg = axolotl_config(
+            self.recipe.axolotl,
+            self.paths.train_file(k),
+            self.sel.pool.format,
+            adapter,
+            self.paths.round_dir(k) / "prepared",
+            self.sel.seed,
+            previous,
+        )
+        self.log(f"round {k}: training on {sum(1 for _ in open(self.paths.train_file(k)))} rows with Axolotl")
+        result = train_round(cfg, self.paths.round_dir(k))
+        shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
+        info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2)}
+        write_json(done_marker, info)
+        return info
+
+    def _model(self, k: int):
+        from .models import load_model
+
+        spec = self.sel.embedding
+        return load_model(self.recipe.axolotl["base_model"], self.paths.adapter(k), spec.device, spec.dtype, self._trust_remote_code)
+
+    def embed(self, k: int, model) -> np.ndarray:
+        from .embedding import embed_rows
+
+        path = self.paths.embeddings(k)
+        if path.is_file():
+            return np.load(path, mmap_mode="r")
+        fmt = self.sel.pool.format
+        texts = ["".join(prompt_and_response(r, fmt, self.tokenizer)) for r in self.rows]
+        partial = path.with_name(".embeddings.partial.npy")
+        emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=f"round {k}: embedding")
+        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+        if len(bad):
+            raise UserError(f"round {k}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
+        del emb
+        partial.replace(path)
+        return np.load(path, mmap_mode="r")
+
+    def score(self, k: int, model, selected: np.ndarray) -> np.ndarray | None:
+        name = self.sel.scorer.name if self.sel.scorer else getattr(self.selector, "default_scorer", None)
+        if name is None:
+            return None
+        from .scoring import get_scorer
+
+        path = self.paths.scores(k)
+        if path.is_file():
+            return np.load(path)
+        params = self.sel.scorer.params if self.sel.scorer else {}
+        scorer = get_scorer(name, **params)
+        which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
+        values = np.zeros(len(self.rows), dtype=np.float64)
+        values[which] = scorer.score(model, self.tokenizer, [self.rows[i] for i in which], self.sel.pool.format,
+                                     max_length=self.sel.embedding.max_length, desc=f"round {k}: scoring ({name})")
+        save_npy(path, values)
+        return values
+
+    def select_next(self, k: int) -> float:
+        """Embed, score and select after round k; writes round k+1's files. Returns seconds per stage."""
+        selected, entered = read_manifest(self.paths, k)
+        timings = {}
+        need_model = self.selector.needs_embeddings or self.selector.scores != "none"
+        model = self._model(k) if need_model and not self._stage_outputs_exist(k) else None
+        t = time.perf_counter()
+        emb = self.embed(k, model) if self.selector.needs_embeddings else len(self.rows)
+        timings["embed_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        scores = self.score(k, model, selected)
+        timings["score_s"] = time.perf_counter() - t
+        del model
+        t = time.perf_counter()
+        new = self.selector.select(emb, self.sel.per_round, already_selected=selected, scores=scores, seed=self.sel.seed + k + 1)
+        timings["select_s"] = time.perf_counter() - t
+        picks = np.concatenate([selected, new])
+        entered = np.concatenate([entered, np.full(len(new), k + 1)])
+        info = {
+            "selector": {"name": self.selector.name, "params": self.selector.params.model_dump(mode="json")},
+            "seed": self.sel.seed + k + 1,
+            "recipe_hash": self.recipe.hash,
+            "timings": {key: round(v, 3) for key, v in timings.items()},
+        }
+        write_round_files(self.paths, k + 1, self.rows, picks, entered, info)
+        return timings
+
+    def _stage_outputs_exist(self, k: int) -> bool:
+        has_emb = self.paths.embeddings(k).is_file() or not self.selector.needs_embeddings
+        wants_scores = self.sel.scorer is not None or getattr(self.selector, "default_scorer", None)
+        return has_emb and (self.paths.scores(k).is_file() or not wants_scores)
+
+    # -- driver ---------------------------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        summary = []
+        self.seed_round()
+        for k in range(self.sel.rounds + 1):
+            if self.paths.done(k).is_file():
+                summary.append(json.loads(self.paths.done(k).read_text()))
+                self.log(f"round {k}: finished earlier, reusing it")
+                continue
+            t = time.perf_counter()
+            trained = self.train(k)
+            row = {"round": k, "rows": len(read_manifest(self.paths, k)[0]), **trained, "train_s": trained["seconds"]}
+            row.pop("seconds")
+            if k < self.sel.rounds and not self.paths.manifest(k + 1).is_file():
+                row.update({key: round(v, 2) for key, v in self.select_next(k).items()})
+            row["round_s"] = round(time.perf_counter() - t, 2)
+            write_json(self.paths.done(k), row)
+            summary.append(row)
+        write_json(self.paths.summary, summary)
+        return summary

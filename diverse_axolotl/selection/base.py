@@ -1,0 +1,154 @@
+"""The interface every selector shares, and the input checks they all need.
+
+A selector is configured once with typed parameters (a pydantic model, unknown keys rejected) and then asked,
+possibly many times, for `budget` new row ids given the rows already chosen:
+
+    picks = selector.select(embeddings, budget, already_selected=(), scores=None, seed=0)
+
+`select` validates the arrays and hands clean inputs to `_select`, which subclasses implement as a pure function
+of its arguments (no hidden state, so the same inputs and seed always give the same picks).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserError, did_you_mean
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Selector:
+    """Base class: set `name`, `description`, `Params` (pydantic, extra='forbid') and implement `_select`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    #: "required" when `scores` must be given (one float per pool row), "optional" or "none".
+    scores: ClassVar[str] = "none"
+    #: True when the selector needs no embeddings at all (the loop can then skip embedding the pool).
+    needs_embeddings: ClassVar[bool] = True
+
+    def __init__(self, **params):
+        self.params = parse_params(self.name, self.Params, params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+    def select(
+        self,
+        embeddings,
+        budget: int,
+        already_selected: Sequence[int] = (),
+        scores=None,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Row ids of `budget` new rows, in pick order, none of them in `already_selected`."""
+        emb = check_embeddings(embeddings) if self.needs_embeddings else None
+        n = len(emb) if emb is not None else _length_of(embeddings)
+        chosen = check_already_selected(already_selected, n)
+        budget = check_budget(budget, n - len(chosen), self.name)
+        if self.scores == "required" and scores is None:
+            raise UserError(f"selector '{self.name}' needs per-row scores: set a scorer in the recipe")
+        score_arr = check_scores(scores, n) if scores is not None else None
+        if budget == 0:
+            return np.empty(0, dtype=np.int64)
+        picks = np.asarray(self._select(emb if emb is not None else embeddings, budget, chosen, score_arr, int(seed)), dtype=np.int64)
+        _assert_valid_picks(picks, budget, chosen, n, self.name)
+        return picks
+
+    def _select(self, embeddings, budget: int, already_selected: np.ndarray, scores, seed: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+def parse_params(name: str, model: type[BaseModel], params: dict) -> BaseModel:
+    """Validate selector parameters; one line naming the bad key and the valid ones."""
+    valid = sorted(model.model_fields)
+    for key in params:
+        if key not in model.model_fields:
+            hint = did_you_mean(key, valid)
+            raise UserError(
+                f"selector '{name}' has no parameter '{key}'{hint}; valid parameters: {', '.join(valid) or 'none'}"
+            )
+    try:
+        return model(**params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"selector '{name}' parameter '{where}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _length_of(embeddings) -> int:
+    if isinstance(embeddings, (int, np.integer)):
+        return int(embeddings)
+    return len(embeddings)
+
+
+def check_embeddings(embeddings) -> np.ndarray:
+    """A 2-D float array with no NaN/inf (names the first bad rows otherwise). Memmaps stay memmaps."""
+    emb = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
+    if emb.ndim != 2:
+        raise UserError(f"embeddings must be a 2-D array (rows x dims), got shape {emb.shape}")
+    if len(emb) == 0:
+        raise UserError("the pool is empty: there is nothing to select from")
+    if not np.issubdtype(emb.dtype, np.floating):
+        emb = emb.astype(np.float32)
+    bad = _nonfinite_rows(emb)
+    if len(bad):
+        raise UserError(f"embeddings hold NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()}")
+    return emb
+
+
+def _nonfinite_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    bad = []
+    for start in range(0, len(arr), chunk):
+        block = np.asarray(arr[start : start + chunk])
+        finite = np.isfinite(block) if block.ndim == 1 else np.isfinite(block).all(axis=1)
+        bad.append(np.flatnonzero(~finite) + start)
+    return np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+
+
+def check_scores(scores, n: int) -> np.ndarray:
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.shape != (n,):
+        raise UserError(f"scores must hold one value per pool row: got shape {arr.shape} for {n} rows")
+    bad = _nonfinite_rows(arr)
+    if len(bad):
+        raise UserError(f"scores hold NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()}")
+    return arr
+
+
+def check_already_selected(already_selected, n: int) -> np.ndarray:
+    chosen = np.asarray(list(already_selected) if not isinstance(already_selected, np.ndarray) else already_selected)
+    chosen = chosen.astype(np.int64, copy=False).ravel()
+    if len(chosen) and (chosen.min() < 0 or chosen.max() >= n):
+        raise UserError(f"already_selected holds ids outside the pool of {n} rows")
+    if len(np.unique(chosen)) != len(chosen):
+        raise UserError("already_selected holds repeated ids")
+    return chosen
+
+
+def check_budget(budget, available: int, name: str) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise UserError(f"budget must be an integer, got {budget!r}")
+    if budget < 0:
+        raise UserError(f"budget must be >= 0, got {budget}")
+    if budget > available:
+        raise UserError(f"selector '{name}': budget {budget} is larger than the {available} rows not yet selected")
+    return int(budget)
+
+
+def _assert_valid_picks(picks: np.ndarray, budget: int, chosen: np.ndarray, n: int, name: str) -> None:
+    """Guard against selector bugs: the contract is checked on every call, it is cheap."""
+    if picks.shape != (budget,):
+        raise RuntimeError(f"selector '{name}' returned {picks.shape} picks, expected ({budget},)")
+    if len(picks) and (picks.min() < 0 or picks.max() >= n):
+        raise RuntimeError(f"selector '{name}' returned ids outside the pool")
+    if len(np.unique(picks)) != len(picks) or np.isin(picks, chosen).any():
+        raise RuntimeError(f"selector '{name}' returned repeated or already selected ids")

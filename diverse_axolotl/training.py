@@ -1,0 +1,132 @@
+"""The Axolotl bridge: one round's LoRA/QLoRA training through Axolotl's own Python API.
+
+The recipe's Axolotl keys go to Axolotl unchanged; the loop adds only what changes per round (the dataset file,
+where the adapter goes, the prepared-data cache, and for continued training the previous adapter). Axolotl is
+imported once per process (it costs seconds) and its logs go to a file in the round folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import AXOLOTL_TYPE, atomic_path
+from .errors import UserError
+
+#: Environment Axolotl needs to run quietly and offline-friendly; set only where the user has not.
+AXOLOTL_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    train_loss: float | None
+    steps: int
+    seconds: float
+
+
+def axolotl_config(
+    axolotl_keys: dict[str, Any],
+    train_file: Path,
+    fmt: str,
+    adapter_dir: Path,
+    prepared_dir: Path,
+    seed: int,
+    previous_adapter: Path | None = None,
+) -> dict[str, Any]:
+    """The full Axolotl config for one round: the recipe's keys plus the round's dataset and output folder."""
+    cfg = dict(axolotl_keys)
+    dataset: dict[str, Any] = {"path": str(train_file), "ds_type": "json", "type": AXOLOTL_TYPE[fmt]}
+    if fmt == "chat":
+        dataset.update(field_messages="messages", message_property_mappings={"role": "role", "content": "content"})
+    cfg.update(
+        datasets=[dataset],
+        output_dir=str(adapter_dir),
+        dataset_prepared_path=str(prepared_dir),
+        seed=cfg.get("seed", seed),
+    )
+    if previous_adapter is not None:
+        cfg["lora_model_dir"] = str(previous_adapter)
+    cfg.setdefault("save_strategy", "no")  # the final adapter is all a round needs
+    cfg.setdefault("save_total_limit", 1)
+    return cfg
+
+
+@contextlib.contextmanager
+def _logs_to(log_file: Path):
+    """Send stdout, stderr and logging to `log_file` for the duration (Axolotl and HF are chatty)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(log_file, "a", encoding="utf-8") as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        saved_handlers, saved_level = root.handlers[:], root.level
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                yield
+        finally:
+            root.handlers, root.level = saved_handlers, saved_level
+
+
+def _import_axolotl():
+    for key, value in AXOLOTL_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        from axolotl.cli.config import load_cfg
+        from axolotl.common.datasets import load_datasets
+        from axolotl.train import train
+    except ImportError as exc:
+        raise UserError(f"Axolotl is not importable ({exc}); install it with `pip install axolotl`") from None
+    return load_cfg, load_datasets, train
+
+
+def validate_axolotl(cfg: dict[str, Any], cfg_file: Path) -> Any:
+    """Axolotl's own validation and normalisation of a config; its complaint becomes one line."""
+    load_cfg, _, _ = _import_axolotl()
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cfg_file) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    try:
+        with _logs_to(cfg_file.with_suffix(".log")):
+            return load_cfg(str(cfg_file))
+    except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {first.strip()}") from None
+
+
+def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
+    """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename)."""
+    _, load_datasets, train = _import_axolotl()
+    final_dir = Path(cfg["output_dir"])
+    work_dir = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    cfg = {**cfg, "output_dir": str(work_dir)}
+    start = time.perf_counter()
+    axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml")
+    with _logs_to(round_dir / "axolotl.log"):
+        meta = load_datasets(cfg=axo_cfg)
+        model, _, trainer = train(cfg=axo_cfg, dataset_meta=meta)
+    history = trainer.state.log_history
+    losses = [h["train_loss"] for h in history if "train_loss" in h] or [h["loss"] for h in history if "loss" in h]
+    del model, trainer
+    if not (work_dir / "adapter_config.json").is_file():
+        raise RuntimeError(f"Axolotl finished but wrote no adapter in {work_dir}; see {round_dir / 'axolotl.log'}")
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(work_dir, final_dir)
+    return TrainResult(final_dir, float(losses[-1]) if losses else None, int(meta.total_num_steps or 0), time.perf_counter() - start)
+
+
+def restore_stdio() -> None:
+    """Make sure later output reaches the terminal (Axolotl may have replaced the streams)."""
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
