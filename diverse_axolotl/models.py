@@ -61,7 +61,9 @@ def load_model(
 ):
     """Base causal LM in eval mode, with the LoRA adapter applied through peft when given."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     check_model_dir(base_model)
     dev = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(

@@ -56,6 +56,9 @@ def axolotl_config(
     )
     if previous_adapter is not None:
         cfg["lora_model_dir"] = str(previous_adapter)
+    # Axolotl drops rows longer than sequence_len by default, which silently removes exactly the long outliers a
+    # diversity selector likes to pick; truncating keeps every selected row in training.
+    cfg.setdefault("excess_length_strategy", "truncate")
     cfg.setdefault("save_strategy", "no")  # the final adapter is all a round needs
     cfg.setdefault("save_total_limit", 1)
     return cfg
@@ -63,7 +66,11 @@ def axolotl_config(
 
 @contextlib.contextmanager
 def _logs_to(log_file: Path):
-    """Send stdout, stderr and logging to `log_file` for the duration (Axolotl and HF are chatty)."""
+    """Send everything printed meanwhile (Python streams, logging, C-level fds 1 and 2) to `log_file`.
+
+    Axolotl configures its log handlers with the stdout of import time, so swapping `sys.stdout` alone is not
+    enough: the file descriptors themselves are redirected and restored afterwards.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     with open(log_file, "a", encoding="utf-8") as fh:
@@ -72,10 +79,21 @@ def _logs_to(log_file: Path):
         saved_handlers, saved_level = root.handlers[:], root.level
         root.handlers = [handler]
         root.setLevel(logging.INFO)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved_fds = [os.dup(1), os.dup(2)]
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
         try:
             with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
                 yield
         finally:
+            for stream in (sys.stdout, sys.stderr, fh):
+                stream.flush()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
             root.handlers, root.level = saved_handlers, saved_level
 
 
@@ -91,14 +109,15 @@ def _import_axolotl():
     return load_cfg, load_datasets, train
 
 
-def validate_axolotl(cfg: dict[str, Any], cfg_file: Path) -> Any:
+def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None = None) -> Any:
     """Axolotl's own validation and normalisation of a config; its complaint becomes one line."""
-    load_cfg, _, _ = _import_axolotl()
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg_file) as tmp:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    with _logs_to(log_file or cfg_file.with_suffix(".log")):
+        load_cfg, _, _ = _import_axolotl()
     try:
-        with _logs_to(cfg_file.with_suffix(".log")):
+        with _logs_to(log_file or cfg_file.with_suffix(".log")):
             return load_cfg(str(cfg_file))
     except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
@@ -107,14 +126,15 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path) -> Any:
 
 def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
     """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename)."""
-    _, load_datasets, train = _import_axolotl()
     final_dir = Path(cfg["output_dir"])
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     shutil.rmtree(work_dir, ignore_errors=True)
     cfg = {**cfg, "output_dir": str(work_dir)}
     start = time.perf_counter()
-    axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml")
-    with _logs_to(round_dir / "axolotl.log"):
+    log_file = round_dir / "axolotl.log"
+    axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
+    with _logs_to(log_file):
+        _, load_datasets, train = _import_axolotl()
         meta = load_datasets(cfg=axo_cfg)
         model, _, trainer = train(cfg=axo_cfg, dataset_meta=meta)
     history = trainer.state.log_history
@@ -125,8 +145,3 @@ def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
     return TrainResult(final_dir, float(losses[-1]) if losses else None, int(meta.total_num_steps or 0), time.perf_counter() - start)
-
-
-def restore_stdio() -> None:
-    """Make sure later output reaches the terminal (Axolotl may have replaced the streams)."""
-    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

@@ -59,7 +59,7 @@ def farthest_first(
 ) -> np.ndarray:
     """The k-center loop over a (N, d) array; returns `budget` ids in pick order."""
     n = len(emb)
-    data = torch.as_tensor(np.asarray(emb, dtype=np.float32)).to(device=device, dtype=dtype)
+    data = torch.tensor(np.asarray(emb, dtype=np.float32)).to(device=device, dtype=dtype)  # a copy: emb may be a read-only memmap
     chunks = [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
     sq_norm = torch.empty(n, dtype=torch.float32, device=device)
     for s, e in chunks:

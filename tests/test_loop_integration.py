@@ -1,0 +1,86 @@
+"""End to end through the CLI with real Axolotl on the tiny model: artefacts, formats, k-center picks, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from diverse_axolotl.cli import main
+from diverse_axolotl.selection import get_selector
+
+CPU_AXOLOTL = {
+    "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True,
+    "sequence_len": 128, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "num_epochs": 1,
+    "learning_rate": 0.001, "optimizer": "adamw_torch", "lr_scheduler": "constant", "train_on_inputs": False,
+    "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
+    "bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa", "dataset_num_proc": 1,
+    "dataloader_num_workers": 0,
+}
+
+
+def write_recipe(folder, model, pool, selection=None, **axolotl):
+    recipe = {
+        "base_model": str(model), **CPU_AXOLOTL, **axolotl,
+        "selection": {
+            "pool": {"path": str(pool), "format": "alpaca"},
+            "selector": {"name": "kcenter"},
+            "seed_size": 8, "per_round": 6, "rounds": 2,
+            "embedding": {"max_length": 128, "batch_tokens": 2048},
+            **(selection or {}),
+        },
+        "output_dir": "run",
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_two_rounds_of_kcenter_through_the_cli(tmp_path, tiny_model, pool_file):
+    recipe = write_recipe(tmp_path, tiny_model, pool_file)
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    pool = json.loads(pool_file.read_text())
+    for k in range(3):
+        assert (run / f"round_{k}" / "adapter" / "adapter_model.safetensors").is_file()
+        rows = [json.loads(line) for line in (run / f"round_{k}" / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 + 6 * k
+        assert all(set(r) == {"instruction", "input", "output"} for r in rows)
+        manifest = json.loads((run / f"round_{k}" / "manifest.json").read_text())
+        assert len(set(manifest["indices"])) == len(rows)
+        assert [pool[i] for i in manifest["indices"]] == rows
+        assert manifest["entered_round"] == sorted(manifest["entered_round"])
+    for k in range(2):
+        emb = np.load(run / f"round_{k}" / "embeddings.npy")
+        assert emb.shape == (len(pool), 32) and np.isfinite(emb).all()
+        before = json.loads((run / f"round_{k}" / "manifest.json").read_text())["indices"]
+        after = json.loads((run / f"round_{k + 1}" / "manifest.json").read_text())
+        expected = get_selector("kcenter", device="cpu").select(emb, 6, already_selected=before)
+        assert after["indices"][len(before):] == expected.tolist()
+        assert after["selector"]["name"] == "kcenter"
+    # The adapter changes the embeddings: round 0 and round 1 models embed differently.
+    assert not np.allclose(np.load(run / "round_0" / "embeddings.npy"), np.load(run / "round_1" / "embeddings.npy"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["rows"] for r in summary] == [8, 14, 20]
+
+    # Re-running the same recipe reuses every finished round (no retraining: adapters untouched).
+    stamp = (run / "round_2" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = CliRunner().invoke(main, ["run", str(recipe), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert (run / "round_2" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert "finished earlier" in again.output
+
+
+@pytest.mark.slow
+def test_a_different_recipe_in_the_same_folder_is_refused(tmp_path, tiny_model, pool_file):
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 0})
+    assert CliRunner().invoke(main, ["run", str(recipe)]).exit_code == 0
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 0, "seed": 1})
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 1
+    assert "different recipe" in result.output and "--force" in result.output
