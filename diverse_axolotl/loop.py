@@ -31,6 +31,7 @@ import numpy as np
 from . import __version__
 from .data import file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
 from .errors import UserError
+from .models import all_cpu_threads
 from .recipe import Recipe
 from .selection import get_selector, selector_class
 
@@ -237,10 +238,11 @@ class Loop:
         need_model = self.selector.needs_embeddings or self.selector.scores != "none"
         model = self._model(k) if need_model and not self._stage_outputs_exist(k) else None
         t = time.perf_counter()
-        emb = self.embed(k, model) if self.selector.needs_embeddings else len(self.rows)
-        timings["embed_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        scores = self.score(k, model, selected)
+        with all_cpu_threads():
+            emb = self.embed(k, model) if self.selector.needs_embeddings else len(self.rows)
+            timings["embed_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = self.score(k, model, selected)
         timings["score_s"] = time.perf_counter() - t
         del model
         t = time.perf_counter()

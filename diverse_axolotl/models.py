@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -27,6 +29,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+@contextlib.contextmanager
+def all_cpu_threads():
+    """Use every core for inference on CPU; training keeps OMP_NUM_THREADS (Axolotl is far slower otherwise)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_model_dir(path: str | Path) -> Path:

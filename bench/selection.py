@@ -1,0 +1,131 @@
+"""Selection benchmarks on the CPU: `python bench/selection.py [--quick]`.
+
+1. kcenter (O(N) memory, one matrix-vector product per pick) against the reference approach: the full N x N
+   distance matrix first, then farthest-first over it. Same data, same run, same first-pick rule (the row
+   farthest from the pool mean); prints both times, their ratio and whether the picks are identical.
+2. kmq on a large pool (time only).
+3. The overhead of our faiss wrapper (`selection.kmeans.kmeans`) against calling faiss.Kmeans directly.
+
+Data are seeded Gaussian mixtures (float32). Default sizes: N=20,000 x 1,024 with 1,000 picks for kcenter,
+N=200,000 x 256 with k=1,024 for kmq. `--quick` shrinks everything to run in well under 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+from diverse_axolotl.selection import get_selector  # noqa: E402
+from diverse_axolotl.selection.kmeans import kmeans  # noqa: E402
+
+FULL = dict(kc_n=20_000, kc_d=1024, kc_picks=1000, kmq_n=200_000, kmq_d=256, kmq_k=1024, kmq_budget=10_000,
+            wr_n=50_000, wr_d=128, wr_k=256)
+QUICK = dict(kc_n=3000, kc_d=256, kc_picks=200, kmq_n=20_000, kmq_d=64, kmq_k=128, kmq_budget=1000,
+             wr_n=10_000, wr_d=32, wr_k=64)
+
+
+def mixture(n: int, d: int, seed: int, components: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((components, d)).astype(np.float32) * 2.0
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x += centers[rng.integers(0, components, n)]
+    return x
+
+
+def reference_kcenter(x: np.ndarray, budget: int) -> np.ndarray:
+    """The reference way: all pairwise distances (N x N), then greedy farthest-first over the matrix."""
+    data = torch.as_tensor(x)
+    dist = torch.cdist(data, data)  # N x N float32
+    first = int(torch.argmax(((data - data.mean(0)) ** 2).sum(1)))
+    picks = [first]
+    nearest = dist[first].clone()
+    nearest[first] = -float("inf")
+    for _ in range(budget - 1):
+        j = int(torch.argmax(nearest))
+        picks.append(j)
+        torch.minimum(nearest, dist[j], out=nearest)
+        nearest[picks] = -float("inf")
+    return np.asarray(picks)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
+
+
+def direct_faiss(x: np.ndarray, k: int, seed: int):
+    km = faiss.Kmeans(x.shape[1], k, niter=20, nredo=1, seed=seed, max_points_per_centroid=256,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(x)
+    return km.centroids, km.index.search(x, 1)[1].ravel()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (< 30 s)")
+    args = ap.parse_args()
+    s = QUICK if args.quick else FULL
+    rows = []
+    print(f"torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {'quick' if args.quick else 'full'} sizes",
+          flush=True)
+
+    # 1. kcenter vs the N x N reference
+    x = mixture(s["kc_n"], s["kc_d"], seed=0)
+    size = f"N={s['kc_n']:,} d={s['kc_d']:,} picks={s['kc_picks']:,}"
+    t_ours, ours = timed(get_selector("kcenter", device="cpu").select, x, s["kc_picks"])
+    print(f"kcenter (ours)            {t_ours:8.2f} s", flush=True)
+    t_ref, ref = timed(reference_kcenter, x, s["kc_picks"])
+    print(f"kcenter (N x N reference) {t_ref:8.2f} s", flush=True)
+    same = np.array_equal(ours, ref)
+    agree = f"picks identical: {same}"
+    if not same:
+        first_diff = int(np.flatnonzero(ours != ref)[0])
+        agree += f" (first difference at pick {first_diff}; {len(np.intersect1d(ours, ref))} common)"
+    rows += [("kcenter, ours (O(N) memory)", size, t_ours, agree),
+             ("kcenter, N x N matrix + greedy", size, t_ref, f"ours is {t_ref / t_ours:.2f}x faster" if t_ours < t_ref
+              else f"ours is {t_ours / t_ref:.2f}x slower")]
+    del x
+
+    # 2. kmq on a large pool
+    x = mixture(s["kmq_n"], s["kmq_d"], seed=1, components=200)
+    size = f"N={s['kmq_n']:,} d={s['kmq_d']:,} k={s['kmq_k']:,} budget={s['kmq_budget']:,}"
+    t_kmq, picks = timed(get_selector("kmq", n_clusters=s["kmq_k"]).select, x, s["kmq_budget"], seed=0)
+    assert len(np.unique(picks)) == s["kmq_budget"]
+    print(f"kmq                       {t_kmq:8.2f} s", flush=True)
+    cap = s["kmq_k"] * 256
+    trained_on = "every row" if s["kmq_n"] <= cap else f"a {cap:,}-row subsample"
+    rows.append(("kmq (faiss k-means + quotas + sampling)", size, t_kmq, f"20 iterations, k-means trained on {trained_on}"))
+    del x
+
+    # 3. wrapper overhead
+    x = mixture(s["wr_n"], s["wr_d"], seed=2)
+    size = f"N={s['wr_n']:,} d={s['wr_d']:,} k={s['wr_k']:,}"
+    t_wrap = min(timed(kmeans, x, s["wr_k"], 0)[0] for _ in range(3))
+    t_direct = min(timed(direct_faiss, x, s["wr_k"], 0)[0] for _ in range(3))
+    same = np.array_equal(kmeans(x, s["wr_k"], 0)[1], direct_faiss(x, s["wr_k"], 0)[1])
+    rows += [("kmeans helper (ours)", size, t_wrap, f"{t_wrap / t_direct:.3f}x direct; same assignment: {same}"),
+             ("faiss.Kmeans directly", size, t_direct, "best of 3 each")]
+
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print()
+    print(f"{'benchmark':<{w0}}  {'size':<{w1}}  {'time (s)':>9}  notes")
+    print(f"{'-' * w0}  {'-' * w1}  {'-' * 9}  {'-' * 40}")
+    for name, sz, t, note in rows:
+        print(f"{name:<{w0}}  {sz:<{w1}}  {t:9.2f}  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""kMQ, the k-means-quality sampler of Diversify and Conquer (Yu et al.), as the paper states it.
+
+1. Cluster the whole pool with k-means (`n_clusters`, or the best of `k_candidates` by silhouette on a sample).
+2. Split the budget over the clusters in proportion to cluster size: `proportional_quotas` rounds with the largest
+   remainder method so the quotas sum exactly to the budget, caps each quota at the cluster's rows not yet selected
+   and hands what a small cluster cannot take to the other clusters, in proportion again, until the total is the
+   budget. (Cluster size counts the whole pool; with nothing selected yet this is the plain proportional split.)
+3. Inside each cluster draw its quota without replacement with probability proportional to
+   softmax(score / temperature) over the cluster's unselected rows; uniformly when no scores are given. Sequential
+   draws without replacement are done exactly with the Gumbel-top-k trick: the rows with the largest
+   score / temperature + Gumbel noise (numpy `default_rng(seed)`).
+
+Picks come round-robin over the clusters: every cluster's first draw (by cluster id), then every second draw, ...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from .base import Selector
+from .kmeans import KMeansKnobs, kmeans
+from .registry import register
+
+
+# -- quotas ---------------------------------------------------------------------------------------------------
+def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integers proportional to `weights` summing exactly to `total` (Hamilton's method; ties: lower index)."""
+    w = np.asarray(weights, dtype=np.float64)
+    out = np.zeros(len(w), dtype=np.int64)
+    if total <= 0 or w.sum() <= 0:
+        return out
+    exact = w / w.sum() * total
+    out = np.floor(exact).astype(np.int64)
+    frac = exact - out
+    left = total - int(out.sum())
+    if left > 0:
+        eligible = np.flatnonzero(w > 0)
+        order = eligible[np.argsort(-frac[eligible], kind="stable")]
+        out[order[:left]] += 1
+    elif left < 0:  # floating point put a floor one too high somewhere
+        order = np.argsort(frac, kind="stable")
+        order = order[out[order] > 0]
+        out[order[:-left]] -= 1
+    return out
+
+
+def proportional_quotas(sizes: np.ndarray, budget: int, available: np.ndarray) -> np.ndarray:
+    """Per-cluster quotas proportional to `sizes`, summing exactly to `budget`, none above `available`.
+
+    Largest-remainder rounding; a cluster whose quota exceeds its `available` rows gets all of them and the
+    shortfall is split over the clusters with room left, in proportion to their sizes, repeating until the quotas
+    sum to the budget. Clusters of size 0 only receive rows when the clusters with positive size are full.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    available = np.asarray(available, dtype=np.int64)
+    if sizes.shape != available.shape:
+        raise ValueError("sizes and available must have the same length")
+    if (sizes < 0).any() or (available < 0).any():
+        raise ValueError("sizes and available must be >= 0")
+    if budget > available.sum():
+        raise ValueError(f"budget {budget} exceeds the {available.sum()} available rows")
+    quotas = np.zeros(len(sizes), dtype=np.int64)
+    remaining = int(budget)
+    while remaining > 0:
+        room = available - quotas
+        weights = np.where(room > 0, sizes, 0.0)
+        if weights.sum() <= 0:  # only zero-size clusters have room: fill them by their room
+            weights = room.astype(np.float64)
+        give = np.minimum(largest_remainder(weights, remaining), room)
+        quotas += give
+        remaining -= int(give.sum())
+    return quotas
+
+
+def top_keys_per_cluster(assignment: np.ndarray, keys: np.ndarray, quotas: np.ndarray, eligible=None) -> np.ndarray:
+    """Indices of the `quotas[c]` eligible rows with the largest keys in each cluster c (ties: lower index).
+
+    Returned round-robin: every cluster's best row (by cluster id), then every cluster's second best, ...
+    """
+    idx = np.arange(len(assignment)) if eligible is None else np.flatnonzero(eligible)
+    clusters = assignment[idx]
+    order = np.lexsort((idx, -keys[idx], clusters))  # by cluster, then key descending, then index
+    idx, clusters = idx[order], clusters[order]
+    rank = np.arange(len(idx)) - np.searchsorted(clusters, clusters, side="left")
+    take = rank < quotas[clusters]
+    idx, clusters, rank = idx[take], clusters[take], rank[take]
+    return idx[np.lexsort((clusters, rank))]
+
+
+# -- choosing k -----------------------------------------------------------------------------------------------
+def silhouette(x: torch.Tensor, labels: np.ndarray) -> float:
+    """Mean silhouette of the rows of `x` (Euclidean); rows alone in their cluster score 0. -1 with < 2 clusters."""
+    _, lab = np.unique(labels, return_inverse=True)
+    k = int(lab.max()) + 1
+    if k < 2:
+        return -1.0
+    dist = torch.cdist(x, x).double()
+    onehot = torch.zeros(len(lab), k, dtype=torch.float64)
+    onehot[torch.arange(len(lab)), torch.as_tensor(lab)] = 1.0
+    counts = onehot.sum(0)
+    sums = dist @ onehot  # (m, k): summed distance of each row to each cluster
+    own = torch.as_tensor(lab)
+    own_count = counts[own]
+    a = sums[torch.arange(len(lab)), own] / (own_count - 1).clamp(min=1)
+    mean_other = sums / counts[None, :]
+    mean_other[torch.arange(len(lab)), own] = float("inf")
+    b = mean_other.min(1).values
+    s = (b - a) / torch.maximum(a, b).clamp(min=1e-12)
+    s[own_count <= 1] = 0.0
+    return float(s.mean())
+
+
+def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[int, np.ndarray, dict]:
+    """The candidate k whose clustering of `x` has the best silhouette on a seeded sample of rows (ties: smaller k)."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    xs = torch.as_tensor(np.asarray(x[rows], dtype=np.float32))
+    best = None
+    scores = {}
+    for k in sorted({min(int(c), n) for c in candidates}):
+        _, assignment = kmeans(x, k, seed, knobs.niter, knobs.nredo, knobs.max_points_per_centroid)
+        scores[k] = silhouette(xs, assignment[rows])
+        if best is None or scores[k] > scores[best[0]]:
+            best = (k, assignment)
+    return best[0], best[1], scores
+
+
+def cluster_pool(emb, seed: int, p) -> tuple[int, np.ndarray]:
+    """k and the k-means assignment of every pool row, with k from `n_clusters` or chosen among `k_candidates`."""
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    if getattr(p, "k_candidates", None):
+        k, assignment, _ = choose_k(x, p.k_candidates, seed, p.silhouette_sample, p)
+        return k, assignment
+    k = min(p.n_clusters, len(x))
+    return k, kmeans(x, k, seed, p.niter, p.nredo, p.max_points_per_centroid)[1]
+
+
+# -- the selector ---------------------------------------------------------------------------------------------
+class KMQParams(KMeansKnobs):
+    n_clusters: int = Field(64, gt=0, description="number of k-means clusters (capped at the pool size)")
+    k_candidates: Optional[list[Annotated[int, Field(ge=2)]]] = Field(
+        None, min_length=1, description="if set, try each k (>= 2) and keep the best by silhouette (overrides n_clusters)"
+    )
+    silhouette_sample: int = Field(2000, ge=10, description="rows sampled to compute silhouettes for k_candidates")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the scores inside a cluster")
+
+
+@register
+class KMQSelector(Selector):
+    name = "kmq"
+    description = "Diversify and Conquer kMQ: quotas proportional to k-means cluster size, softmax(score/T) sampling"
+    Params = KMQParams
+    scores = "optional"
+
+    def _select(self, embeddings, budget, already_selected, scores, seed):
+        p = self.params
+        n = len(embeddings)
+        k, assignment = cluster_pool(embeddings, seed, p)
+        eligible = np.ones(n, dtype=bool)
+        eligible[already_selected] = False
+        sizes = np.bincount(assignment, minlength=k)
+        available = np.bincount(assignment[eligible], minlength=k)
+        quotas = proportional_quotas(sizes, budget, available)
+        logits = np.zeros(n) if scores is None else scores / p.temperature
+        keys = logits + np.random.default_rng(seed).gumbel(size=n)
+        return top_keys_per_cluster(assignment, keys, quotas, eligible)
