@@ -48,22 +48,14 @@ def main(debug: bool) -> None:
 @friendly_errors
 def validate(recipe_file: Path, skip_axolotl: bool) -> None:
     """Check a recipe and print what it will run."""
-    from .data import load_pool
-    from .loop import check_budget
+    from .loop import Loop
     from .recipe import load_recipe
 
     recipe = load_recipe(recipe_file)
-    sel = recipe.selection
-    rows = load_pool(sel.pool.path, sel.pool.format, sel.pool.limit)
-    check_budget(recipe, len(rows))
+    loop = Loop(recipe)
     if not skip_axolotl:
-        import tempfile
-
-        from .training import axolotl_config, validate_axolotl
-
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = axolotl_config(recipe.axolotl, Path(tmp) / "train.jsonl", sel.pool.format, Path(tmp) / "adapter", Path(tmp) / "prepared", sel.seed)
-            validate_axolotl(cfg, Path(tmp) / "axolotl.yaml")
+        loop.preflight()
+    sel, rows = recipe.selection, loop.rows
     click.echo(f"recipe {recipe.path} (hash {recipe.hash}) is valid")
     click.echo(f"  pool      {sel.pool.path} ({len(rows)} rows, format {sel.pool.format})")
     params = ", ".join(f"{k}={v}" for k, v in sel.selector.params.items())
@@ -90,6 +82,7 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
 
     recipe = load_recipe(recipe_file)
     loop = Loop(recipe, log=lambda msg: click.echo(msg, err=True))
+    loop.preflight()
     prepare_run_dir(recipe, loop.paths, resume=resume, force=force)
     summary = loop.run()
     _print_summary(summary)
@@ -153,6 +146,18 @@ def prepare_model_cmd(out: Path, gguf: Path | None) -> None:
 
     click.echo(f"model folder: {prepare_model(out, gguf)}")
 
+
+def _add_optional_commands() -> None:
+    """Evaluation and report commands live in their own module (lm-eval and matplotlib are imported lazily)."""
+    try:
+        from .cli_eval import COMMANDS
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_optional_commands()
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -146,6 +146,20 @@ class Loop:
         check_budget(recipe, len(self.rows))
         self._tokenizer = None
 
+    def preflight(self) -> None:
+        """Axolotl's validation of the round config, before anything is trained or written."""
+        import tempfile
+
+        from .training import axolotl_config, validate_axolotl
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            cfg = axolotl_config(self.recipe.axolotl, tmp / "train.jsonl", self.sel.pool.format, tmp / "adapter", tmp / "prepared", self.sel.seed)
+            try:
+                validate_axolotl(cfg, tmp / "axolotl.yaml")
+            except UserError as exc:
+                raise UserError(f"{self.recipe.path}: {exc}") from None
+
     # -- stages ---------------------------------------------------------------------------------------------
     @property
     def tokenizer(self):
@@ -213,8 +227,12 @@ class Loop:
         partial.replace(path)
         return np.load(path, mmap_mode="r")
 
+    @property
+    def scorer_name(self) -> str | None:
+        return self.sel.scorer.name if self.sel.scorer else self.selector.default_scorer
+
     def score(self, k: int, model, selected: np.ndarray) -> np.ndarray | None:
-        name = self.sel.scorer.name if self.sel.scorer else getattr(self.selector, "default_scorer", None)
+        name = self.scorer_name
         if name is None:
             return None
         from .scoring import get_scorer
@@ -235,7 +253,7 @@ class Loop:
         """Embed, score and select after round k; writes round k+1's files. Returns seconds per stage."""
         selected, entered = read_manifest(self.paths, k)
         timings = {}
-        need_model = self.selector.needs_embeddings or self.selector.scores != "none"
+        need_model = self.selector.needs_embeddings or self.scorer_name is not None
         model = self._model(k) if need_model and not self._stage_outputs_exist(k) else None
         t = time.perf_counter()
         with all_cpu_threads():
@@ -261,8 +279,7 @@ class Loop:
 
     def _stage_outputs_exist(self, k: int) -> bool:
         has_emb = self.paths.embeddings(k).is_file() or not self.selector.needs_embeddings
-        wants_scores = self.sel.scorer is not None or getattr(self.selector, "default_scorer", None)
-        return has_emb and (self.paths.scores(k).is_file() or not wants_scores)
+        return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
 
     # -- driver ---------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:

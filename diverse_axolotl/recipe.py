@@ -191,6 +191,13 @@ def load_recipe(path: str | Path) -> Recipe:
     output_dir = raw.pop("output_dir")
     if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:
         selection["pool"] = {**selection["pool"], "path": _resolve(base, selection["pool"]["path"])}
+    for block in ("selector", "scorer"):
+        spec = selection.get(block) if isinstance(selection, dict) else None
+        if isinstance(spec, dict):
+            selection[block] = {
+                k: str(_resolve(base, v)) if k.endswith(("_model", "_path", "_file")) and isinstance(v, str) else v
+                for k, v in spec.items()
+            }
     if isinstance(raw.get("base_model"), str) and _looks_like_local_path(raw["base_model"], base):
         raw["base_model"] = str(_resolve(base, raw["base_model"]))
     try:
@@ -207,9 +214,11 @@ def check_recipe(recipe: Recipe) -> None:
 
     sel = recipe.selection
     try:
-        get_selector(sel.selector.name, **sel.selector.params)
+        selector = get_selector(sel.selector.name, **sel.selector.params)
     except UserError as exc:
         raise UserError(f"{recipe.path}: selection.selector: {exc}") from None
+    if sel.scorer is None and selector.scores == "required" and selector.default_scorer is None:
+        raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' needs scores; name a scorer")
     if sel.scorer is not None:
         from .scoring import get_scorer
 
@@ -217,6 +226,8 @@ def check_recipe(recipe: Recipe) -> None:
             get_scorer(sel.scorer.name, **sel.scorer.params).check_ready(recipe)
         except UserError as exc:
             raise UserError(f"{recipe.path}: selection.scorer: {exc}") from None
+        if selector.scores == "none":
+            raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' does not use scores; remove the scorer")
     if not sel.pool.path.is_file():
         raise UserError(f"{recipe.path}: selection.pool.path: no such file {sel.pool.path}")
     base_model = recipe.axolotl["base_model"]

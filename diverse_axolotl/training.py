@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .data import AXOLOTL_TYPE, atomic_path
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 #: Environment Axolotl needs to run quietly and offline-friendly; set only where the user has not.
 AXOLOTL_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
@@ -109,6 +109,38 @@ def _import_axolotl():
     return load_cfg, load_datasets, train
 
 
+def axolotl_keys() -> set[str]:
+    """Every key Axolotl's config schema knows (Axolotl itself ignores unknown keys silently)."""
+    from axolotl.utils.schemas.config import AxolotlConfigWCapabilities
+
+    keys = set()
+    for name, field in AxolotlConfigWCapabilities.model_fields.items():
+        keys.add(name)
+        if field.alias:
+            keys.add(field.alias)
+    return keys
+
+
+def check_unknown_keys(cfg: dict[str, Any]) -> None:
+    """A misspelt Axolotl key would be ignored by Axolotl: reject it here with a did-you-mean."""
+    known = axolotl_keys()
+    for key in cfg:
+        if key not in known:
+            raise UserError(
+                f"unknown key '{key}'{did_you_mean(key, known)}: neither an Axolotl config key nor `selection`/`output_dir`"
+            )
+
+
+def _first_error_line(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"key '{where}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None = None) -> Any:
     """Axolotl's own validation and normalisation of a config; its complaint becomes one line."""
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +148,12 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     with _logs_to(log_file or cfg_file.with_suffix(".log")):
         load_cfg, _, _ = _import_axolotl()
+    check_unknown_keys(cfg)
     try:
         with _logs_to(log_file or cfg_file.with_suffix(".log")):
             return load_cfg(str(cfg_file))
     except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {first.strip()}") from None
+        raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {_first_error_line(exc)}") from None
 
 
 def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:

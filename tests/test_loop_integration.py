@@ -84,3 +84,28 @@ def test_a_different_recipe_in_the_same_folder_is_refused(tmp_path, tiny_model, 
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 1
     assert "different recipe" in result.output and "--force" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "selector, scored",
+    [
+        ({"name": "random"}, False),
+        ({"name": "kmq", "n_clusters": 3}, False),
+        ({"name": "iterative_kmq", "n_clusters": 3}, True),  # default scorer: perplexity of the trained rows
+        ({"name": "least_confidence"}, True),
+    ],
+)
+def test_swapping_the_selector_is_one_line(tmp_path, tiny_model, pool_file, selector, scored):
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"selector": selector, "rounds": 1})
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "round_1" / "manifest.json").read_text())
+    assert manifest["selector"]["name"] == selector["name"]
+    assert len(set(manifest["indices"])) == 8 + 6
+    assert (tmp_path / "run" / "round_0" / "scores.npy").is_file() == scored
+    if selector["name"] == "least_confidence":
+        scores = np.load(tmp_path / "run" / "round_0" / "scores.npy")
+        new = manifest["indices"][8:]
+        rest = np.setdiff1d(np.arange(len(scores)), manifest["indices"])
+        assert scores[new].min() >= scores[rest].max()

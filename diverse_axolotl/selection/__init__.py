@@ -4,6 +4,6 @@ from .base import Selector
 from .registry import ENTRY_POINT_GROUP, available_selectors, get_selector, register, selector_class
 
 # Importing a selector module registers it.
-from . import deita, full, iterative_kmq, kcenter, kmeans, kmq, qdit, random  # noqa: E402,F401
+from . import deita, full, iterative_kmq, kcenter, kmeans, kmq, qdit, random, uncertainty  # noqa: E402,F401
 
 __all__ = ["Selector", "ENTRY_POINT_GROUP", "available_selectors", "get_selector", "register", "selector_class"]

@@ -11,7 +11,7 @@ of its arguments (no hidden state, so the same inputs and seed always give the s
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,8 +29,11 @@ class Selector:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
-    #: "required" when `scores` must be given (one float per pool row), "optional" or "none".
+    #: "required": one score per pool row must be given; "selected": only the already-selected rows' scores are
+    #: read (the loop scores just those); "optional": used when given; "none": ignored.
     scores: ClassVar[str] = "none"
+    #: The scorer the loop uses when the recipe names none (e.g. "perplexity" for iterative_kmq).
+    default_scorer: ClassVar[Optional[str]] = None
     #: True when the selector needs no embeddings at all (the loop can then skip embedding the pool).
     needs_embeddings: ClassVar[bool] = True
 

@@ -1,0 +1,116 @@
+"""Every kind of bad input gets one clear line naming the file (and key or line), exit code 1, no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from diverse_axolotl.cli import main
+
+GOOD = {
+    "base_model": "MODEL",
+    "adapter": "lora",
+    "sequence_len": 128,
+    "selection": {
+        "pool": {"path": "pool.json", "format": "alpaca"},
+        "selector": {"name": "kcenter"},
+        "seed_size": 4,
+        "per_round": 4,
+        "rounds": 2,
+    },
+    "output_dir": "run",
+}
+
+
+def _set(recipe: dict, dotted: str, value) -> dict:
+    node = recipe
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return recipe
+
+
+DELETE = object()
+POOL_ROWS = [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)]
+
+# (id, change to the recipe, raw pool file text or None for the good pool, expected fragments of the one line)
+CASES = [
+    ("not-yaml", "RAW:selection: [unclosed\n", None, ["recipe.yaml:", "not valid YAML"]),
+    ("not-a-mapping", "RAW:- just\n- a list\n", None, ["recipe.yaml", "YAML mapping"]),
+    ("misspelt-key", ("selection.seed_sise", 4), None, ["recipe.yaml", "unknown key 'selection.seed_sise'", "did you mean 'seed_size'"]),
+    ("wrong-type", ("selection.seed_size", "ten"), None, ["recipe.yaml", "selection.seed_size", "integer"]),
+    ("missing-key", ("selection.per_round", DELETE), None, ["recipe.yaml", "missing required key 'selection.per_round'"]),
+    ("missing-block", ("selection", DELETE), None, ["recipe.yaml", "missing required key 'selection'"]),
+    ("zero-size", ("selection.per_round", 0), None, ["recipe.yaml", "selection.per_round", "greater than 0"]),
+    ("unknown-selector", ("selection.selector", {"name": "kcentre"}), None, ["unknown selector 'kcentre'", "did you mean 'kcenter'", "available:"]),
+    ("unknown-param", ("selection.selector", {"name": "kcenter", "devise": "cpu"}), None, ["no parameter 'devise'", "did you mean 'device'"]),
+    ("bad-param-value", ("selection.selector", {"name": "kcenter", "device": "tpu"}), None, ["parameter 'device'", "tpu"]),
+    ("unknown-scorer", ("selection.scorer", {"name": "perplexty"}), None, ["unknown scorer 'perplexty'", "did you mean 'perplexity'"]),
+    ("scorer-unused", ("selection.scorer", {"name": "perplexity"}), None, ["does not use scores"]),
+    ("budget-too-big", ("selection.rounds", 10), None, ["4 + 10 * 4 = 44 rows", "only 20"]),
+    ("missing-pool", ("selection.pool.path", "nowhere.json"), None, ["no such file", "nowhere.json"]),
+    ("missing-model", ("base_model", "./no-such-model"), None, ["base_model", "no such model folder"]),
+    ("loop-owned-key", ("datasets", [{"path": "x"}]), None, ["the loop sets datasets itself"]),
+    ("empty-pool", None, "", ["pool.json", "empty"]),
+    ("malformed-jsonl", None, '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": }\n', ["pool.json:2:", "malformed JSON"]),
+    ("malformed-json-list", None, '[\n {"instruction": "a",\n  "output": "b"},\n oops\n]', ["pool.json:4:", "malformed JSON"]),
+    ("row-missing-field", None, json.dumps([{"instruction": "a"}] * 20), ["pool.json", "row 0 has no 'output' field"]),
+    ("row-not-object", None, json.dumps(["a string"] * 20), ["pool.json", "row 0 is a str"]),
+]
+
+
+@pytest.mark.parametrize("case, change, pool_text, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model, case, change, pool_text, expected):
+    (tmp_path / "pool.json").write_text(json.dumps(POOL_ROWS) if pool_text is None else pool_text)
+    recipe = json.loads(json.dumps(GOOD))
+    recipe["base_model"] = str(tiny_model)
+    if isinstance(change, str) and change.startswith("RAW:"):
+        (tmp_path / "recipe.yaml").write_text(change[4:])
+    else:
+        if change is not None:
+            _set(recipe, *change)
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in expected:
+        assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_axolotl_keys_are_checked_by_axolotl(tmp_path, tiny_model):
+    (tmp_path / "pool.json").write_text(json.dumps(POOL_ROWS))
+    for change, fragment in [(("lora_rr", 8), "unknown key 'lora_rr' (did you mean 'lora_r'?)"),
+                             (("micro_batch_size", "many"), "key 'micro_batch_size'")]:
+        recipe = json.loads(json.dumps(GOOD))
+        recipe["base_model"] = str(tiny_model)
+        _set(recipe, *change)
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml")])
+        assert result.exit_code == 1
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and fragment in lines[0] and str(tmp_path / "recipe.yaml") in lines[0], result.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "validate", str(tmp_path / "missing.yaml")])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_a_good_recipe_validates_and_prints_the_plan(tmp_path, tiny_model):
+    (tmp_path / "pool.json").write_text(json.dumps(POOL_ROWS))
+    recipe = {**GOOD, "base_model": str(tiny_model)}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
+    assert result.exit_code == 0, result.output
+    assert "20 rows" in result.output and "kcenter" in result.output and "12 rows (60.0% of the pool)" in result.output
