@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import signal
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +36,16 @@ from .errors import UserError
 from .models import all_cpu_threads
 from .recipe import Recipe
 from .selection import get_selector, selector_class
+
+
+FAILPOINT_ENV = "DIVERSE_AXOLOTL_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Die at once (SIGKILL, like a lost machine) when the environment names this point; tests use it to
+    interrupt a run at exact places and check that resuming gives the same result as never stopping."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ def prepare_run_dir(recipe: Recipe, paths: RunPaths, resume: bool, force: bool) 
 def write_round_files(paths: RunPaths, k: int, rows: list[dict], picks: np.ndarray, entered: np.ndarray, info: dict) -> None:
     """The round's training file (pool format) then its manifest; the manifest names the picks in order."""
     write_jsonl(paths.train_file(k), (rows[i] for i in picks))
+    failpoint(f"between-files:{k}")
     write_json(paths.manifest(k), {"round": k, **info, "indices": picks.tolist(), "entered_round": entered.tolist()})
 
 
@@ -198,7 +211,7 @@ class Loop:
             previous,
         )
         self.log(f"round {k}: training on {sum(1 for _ in open(self.paths.train_file(k)))} rows with Axolotl")
-        result = train_round(cfg, self.paths.round_dir(k))
+        result = train_round(cfg, self.paths.round_dir(k), on_trained=lambda: failpoint(f"train:{k}"))
         shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
         info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2)}
         write_json(done_marker, info)
@@ -224,6 +237,7 @@ class Loop:
         if len(bad):
             raise UserError(f"round {k}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
         del emb
+        failpoint(f"embed:{k}")
         partial.replace(path)
         return np.load(path, mmap_mode="r")
 

@@ -7,6 +7,7 @@ pydantic, unknown keys rejected with a did-you-mean. Relative paths resolve agai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -81,7 +82,7 @@ class SelectionSpec(Strict):
 class Recipe(BaseModel):
     """A loaded recipe: our block validated, Axolotl's keys kept as written (paths resolved)."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, ignored_types=(functools.cached_property,))
     path: Path
     selection: SelectionSpec
     output_dir: Path
@@ -101,10 +102,15 @@ class Recipe(BaseModel):
             raise ValueError("missing required key 'base_model' (an Axolotl key: the model folder to finetune)")
         return self
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        """Hash of everything that decides the run's results (not its location on disk)."""
-        payload = {"selection": self.selection.model_dump(mode="json"), "axolotl": self.axolotl}
+        """Hash of what decides the run's results: the pool by content (not by where it lies), our block, and
+        Axolotl's keys."""
+        from .data import file_sha256
+
+        selection = self.selection.model_dump(mode="json")
+        selection["pool"]["path"] = file_sha256(self.selection.pool.path) if self.selection.pool.path.is_file() else None
+        payload = {"selection": selection, "axolotl": self.axolotl}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved(self) -> dict[str, Any]:

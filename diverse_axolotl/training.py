@@ -156,8 +156,11 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
         raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {_first_error_line(exc)}") from None
 
 
-def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
-    """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename)."""
+def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None) -> TrainResult:
+    """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename).
+
+    `on_trained` runs after Axolotl has written the adapter and before it is renamed into place (a test hook).
+    """
     final_dir = Path(cfg["output_dir"])
     work_dir = final_dir.with_name(final_dir.name + ".partial")
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -167,6 +170,11 @@ def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
     axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
     with _logs_to(log_file):
         _, load_datasets, train = _import_axolotl()
+        # Axolotl creates the LoRA weights before the Trainer seeds anything, from the unseeded global RNG: the
+        # same recipe would train different adapters (and so select different rows). Seed everything first.
+        from transformers import set_seed
+
+        set_seed(int(axo_cfg.seed))
         meta = load_datasets(cfg=axo_cfg)
         model, _, trainer = train(cfg=axo_cfg, dataset_meta=meta)
     history = trainer.state.log_history
@@ -174,6 +182,8 @@ def train_round(cfg: dict[str, Any], round_dir: Path) -> TrainResult:
     del model, trainer
     if not (work_dir / "adapter_config.json").is_file():
         raise RuntimeError(f"Axolotl finished but wrote no adapter in {work_dir}; see {round_dir / 'axolotl.log'}")
+    if on_trained is not None:
+        on_trained()
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
     return TrainResult(final_dir, float(losses[-1]) if losses else None, int(meta.total_num_steps or 0), time.perf_counter() - start)
