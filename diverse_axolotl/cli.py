@@ -90,20 +90,30 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
 
 
 def _print_summary(summary: list[dict]) -> None:
+    """The stage table, then (when the recipe evaluates) a table of metrics per round."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="summary")
-    cols = ["round", "rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "round_s"]
+    def cell(v, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    stages = Table(title="summary")
+    cols = ["round", "rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "eval_s", "round_s"]
     for col in cols:
-        table.add_column(col, justify="right")
+        stages.add_column(col, justify="right")
     for row in summary:
-        cells = []
-        for col in cols:
-            v = row.get(col)
-            cells.append("-" if v is None else f"{v:.4f}" if col == "train_loss" else f"{v:.1f}" if isinstance(v, float) else str(v))
-        table.add_row(*cells)
-    Console().print(table)
+        stages.add_row(*(cell(row.get(col), 4 if col == "train_loss" else 1) for col in cols))
+    console = Console()
+    console.print(stages)
+    names = list(dict.fromkeys(m for row in summary for m in row.get("metrics", {})))
+    if names:
+        metrics = Table(title="evaluation")
+        for col in ["round", "rows", *names]:
+            metrics.add_column(col, justify="right")
+        for row in summary:
+            if row.get("metrics"):
+                metrics.add_row(str(row["round"]), str(row["rows"]), *(cell(row["metrics"].get(n), 4) for n in names))
+        console.print(metrics)
 
 
 @main.command()

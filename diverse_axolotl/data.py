@@ -71,7 +71,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise _json_error(path, exc) from None
     else:
         rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
             if not line.strip():
                 continue
             try:

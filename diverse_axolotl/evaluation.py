@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .data import _open_text, prompt_and_response, write_json
+from .logs import logs_to
 from .errors import UserError, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +132,10 @@ def _read_source(path: str) -> tuple[dict, ...]:
     with _open_text(p) as fh:
         text = fh.read()
     if text.lstrip().startswith("["):
-        return tuple(json.loads(text))
+        try:
+            return tuple(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     rows = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if line.strip():
@@ -312,7 +316,7 @@ def greedy_generate(
                 new_ids = generated[row, width:].tolist()[: max_new_tokens[i]]
                 if eos is not None and eos in new_ids:
                     new_ids = new_ids[: new_ids.index(eos)]
-                outputs[i] = tokenizer.decode(new_ids, skip_special_tokens=True)
+                outputs[i] = tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             advance(len(batch))
     return outputs
 
@@ -485,35 +489,14 @@ def _check_task_data(names: list[str], data_dir: Path) -> None:
                     raise UserError(f"task {name} needs {data_dir / rel.lstrip('/')}, which does not exist")
 
 
-_QUIET_LOGGERS = ("lm_eval", "transformers", "datasets", "peft", "accelerate", "evaluate", "huggingface_hub", "filelock")
-
-
 @contextlib.contextmanager
 def logs_to_file(log_file: Path | None):
     """lm-eval's (and its libraries') logs, warnings, prints and progress bars go to `log_file`, not the terminal."""
     if log_file is None:
         yield
         return
-    log_file = Path(log_file)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8") as fh:
-        handler = logging.StreamHandler(fh)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        saved = {}
-        for name in _QUIET_LOGGERS:
-            lg = logging.getLogger(name)
-            saved[name] = (lg.handlers[:], lg.propagate, lg.level)
-            lg.handlers = [handler]
-            lg.propagate = False
-            lg.setLevel(logging.INFO if name == "lm_eval" else logging.WARNING)
-        try:
-            with contextlib.redirect_stderr(fh), contextlib.redirect_stdout(fh):
-                yield
-        finally:
-            for name, (handlers, propagate, level) in saved.items():
-                lg = logging.getLogger(name)
-                lg.handlers, lg.propagate = handlers, propagate
-                lg.setLevel(level)
+    with logs_to(Path(log_file)):
+        yield
 
 
 def json_safe(obj: Any) -> Any:
@@ -601,7 +584,7 @@ def evaluate(
     `heldout_loss` and `t0_exact` reuse the same model object. `limit` caps rows per lm-eval task and, for our
     metrics, rows per source and per T0 template plus the number of T0 templates.
     """
-    from .models import all_cpu_threads, load_model, load_tokenizer, resolve_device, resolve_dtype
+    from .models import all_cpu_threads, check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
 
     say = log or (lambda msg: None)
     requests = parse_tasks(tasks)
@@ -614,11 +597,18 @@ def evaluate(
             f"{', '.join(unsafe)}: runs model-written code on this machine; allow it with allow_code_execution "
             "(CLI: --allow-code-execution) or leave the task out"
         )
+    check_model_dir(base_model)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter folder {adapter} has no adapter_config.json")
     data = eval_data_dir(data_dir)
     if lm_requests:
         _check_task_data([r.name for r in lm_requests], data)
+    if ours_requested:  # read the held-out rows now: a missing pool file fails before lm-eval's long run
+        needed = set(heldout.sources) if "heldout_loss" in ours_requested else set()
+        if "t0_exact" in ours_requested:
+            needed.add(T0_SOURCE)
+        for source in sorted(needed):
+            heldout.rows(source, limit)
     if out_file is not None and log_file is None:
         log_file = Path(out_file).with_suffix(".log")
     dev = resolve_device(device)
@@ -635,9 +625,6 @@ def evaluate(
                     resolve_dtype(dtype, dev), max_gen_toks, apply_chat_template, allow_code_execution, trust_remote_code,
                 )
         if ours_requested:
-            from .models import check_model_dir
-
-            check_model_dir(base_model)
             tokenizer = load_tokenizer(base_model, trust_remote_code)
             if model is None:
                 model = load_model(base_model, adapter, device, dtype, trust_remote_code)
@@ -679,9 +666,6 @@ def _run_lm_eval(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from .models import check_model_dir
-
-    check_model_dir(base_model)
     lm = HFLM(
         pretrained=str(base_model),
         peft=str(adapter) if adapter is not None else None,

@@ -8,6 +8,7 @@ Run folder layout (every file written atomically; a round counts as finished onl
     output_dir/round_K/adapter/         the LoRA adapter Axolotl trained on it
     output_dir/round_K/embeddings.npy   (N, hidden) float32 pool embeddings from base + that adapter
     output_dir/round_K/scores.npy       per-row scores, when the selector uses them
+    output_dir/round_K/eval.json        lm-eval's results and ours for the round's adapter (with an `eval:` block)
     output_dir/round_K/done.json        losses and timings of the round
     output_dir/summary.json             one row per round
 
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
 from .data import file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
 from .errors import UserError
 from .models import all_cpu_threads
@@ -69,6 +71,9 @@ class RunPaths:
 
     def scores(self, k: int) -> Path:
         return self.round_dir(k) / "scores.npy"
+
+    def eval_file(self, k: int) -> Path:
+        return self.round_dir(k) / "eval.json"
 
     def done(self, k: int) -> Path:
         return self.round_dir(k) / "done.json"
@@ -210,8 +215,11 @@ class Loop:
             self.sel.seed,
             previous,
         )
-        self.log(f"round {k}: training on {sum(1 for _ in open(self.paths.train_file(k)))} rows with Axolotl")
-        result = train_round(cfg, self.paths.round_dir(k), on_trained=lambda: failpoint(f"train:{k}"))
+        rows = sum(1 for _ in open(self.paths.train_file(k)))
+        self.log(f"round {k}: training on {rows} rows with Axolotl (log: {self.paths.round_dir(k) / 'axolotl.log'})")
+        result = train_round(
+            cfg, self.paths.round_dir(k), on_trained=lambda: failpoint(f"train:{k}"), description=f"round {k}: training"
+        )
         shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
         info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2)}
         write_json(done_marker, info)
@@ -291,6 +299,26 @@ class Loop:
         write_round_files(self.paths, k + 1, self.rows, picks, entered, info)
         return timings
 
+    def evaluate(self, k: int) -> dict[str, Any]:
+        """lm-eval (and our metrics) on the round's adapter, when the recipe has an `eval:` block."""
+        spec = self.recipe.eval
+        if spec is None or not (spec.every_round or k == self.sel.rounds):
+            return {}
+        path = self.paths.eval_file(k)
+        t = time.perf_counter()
+        if not path.is_file():
+            from .evaluation import evaluate_spec
+
+            self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {path.with_name('eval.log')})")
+            with all_cpu_threads():
+                evaluate_spec(
+                    spec, self.recipe.axolotl["base_model"], self.paths.adapter(k), path,
+                    device=self.sel.embedding.device, dtype=self.sel.embedding.dtype,
+                    trust_remote_code=self._trust_remote_code,
+                )
+        metrics = json.loads(path.read_text()).get("metrics", {})
+        return {"eval_s": round(time.perf_counter() - t, 2), "metrics": metrics}
+
     def _stage_outputs_exist(self, k: int) -> bool:
         has_emb = self.paths.embeddings(k).is_file() or not self.selector.needs_embeddings
         return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
@@ -310,6 +338,7 @@ class Loop:
             row.pop("seconds")
             if k < self.sel.rounds and not self.paths.manifest(k + 1).is_file():
                 row.update({key: round(v, 2) for key, v in self.select_next(k).items()})
+            row.update(self.evaluate(k))
             row["round_s"] = round(time.perf_counter() - t, 2)
             write_json(self.paths.done(k), row)
             summary.append(row)

@@ -85,6 +85,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, ignored_types=(functools.cached_property,))
     path: Path
     selection: SelectionSpec
+    eval: Optional[Any] = None  # evaluation.EvalSpec, validated in load_recipe (lm-eval is imported lazily)
     output_dir: Path
     axolotl: dict[str, Any]
 
@@ -111,15 +112,20 @@ class Recipe(BaseModel):
         selection = self.selection.model_dump(mode="json")
         selection["pool"]["path"] = file_sha256(self.selection.pool.path) if self.selection.pool.path.is_file() else None
         payload = {"selection": selection, "axolotl": self.axolotl}
+        if self.eval is not None:
+            payload["eval"] = self.eval.model_dump(mode="json")
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as the run sees it, with absolute paths: printed by `validate`, saved in the run folder."""
-        return {
+        out = {
             **self.axolotl,
             "output_dir": str(self.output_dir),
             "selection": self.selection.model_dump(mode="json", exclude_none=True),
         }
+        if self.eval is not None:
+            out["eval"] = self.eval.model_dump(mode="json", exclude_none=True)
+        return out
 
 
 def _resolve(base: Path, value) -> Path:
@@ -195,6 +201,19 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UserError(f"{path}: missing required key 'output_dir'")
     selection = raw.pop("selection")
     output_dir = raw.pop("output_dir")
+    eval_block = raw.pop("eval", None)
+    if eval_block is not None:
+        from .evaluation import EvalSpec
+
+        if isinstance(eval_block, dict) and isinstance(eval_block.get("data_dir"), str):
+            eval_block = {**eval_block, "data_dir": str(_resolve(base, eval_block["data_dir"]))}
+        try:
+            eval_block = EvalSpec(**eval_block) if isinstance(eval_block, dict) else EvalSpec.model_validate(eval_block)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            hint = did_you_mean(err["loc"][-1], EvalSpec.model_fields) if err["type"] == "extra_forbidden" else ""
+            raise UserError(f"{path}: eval.{where}: {err['msg'].removeprefix('Value error, ')}{hint}") from None
     if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:
         selection["pool"] = {**selection["pool"], "path": _resolve(base, selection["pool"]["path"])}
     for block in ("selector", "scorer"):
@@ -207,7 +226,9 @@ def load_recipe(path: str | Path) -> Recipe:
     if isinstance(raw.get("base_model"), str) and _looks_like_local_path(raw["base_model"], base):
         raw["base_model"] = str(_resolve(base, raw["base_model"]))
     try:
-        recipe = Recipe(path=path, selection=selection, output_dir=_resolve(base, str(output_dir)), axolotl=raw)
+        recipe = Recipe(
+            path=path, selection=selection, eval=eval_block, output_dir=_resolve(base, str(output_dir)), axolotl=raw
+        )
     except ValidationError as exc:
         raise UserError(_format_validation_error(path, exc)) from None
     check_recipe(recipe)

@@ -21,9 +21,13 @@ import yaml
 
 from .data import AXOLOTL_TYPE, atomic_path
 from .errors import UserError, did_you_mean
+from .logs import logs_to
 
 #: Environment Axolotl needs to run quietly and offline-friendly; set only where the user has not.
 AXOLOTL_ENV = {"AXOLOTL_DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+PROGRESS_PLUGIN = "diverse_axolotl.axolotl_plugin.ProgressPlugin"
 
 
 @dataclass
@@ -56,45 +60,13 @@ def axolotl_config(
     )
     if previous_adapter is not None:
         cfg["lora_model_dir"] = str(previous_adapter)
+    cfg["plugins"] = [*cfg.get("plugins", []), PROGRESS_PLUGIN]
     # Axolotl drops rows longer than sequence_len by default, which silently removes exactly the long outliers a
     # diversity selector likes to pick; truncating keeps every selected row in training.
     cfg.setdefault("excess_length_strategy", "truncate")
     cfg.setdefault("save_strategy", "no")  # the final adapter is all a round needs
     cfg.setdefault("save_total_limit", 1)
     return cfg
-
-
-@contextlib.contextmanager
-def _logs_to(log_file: Path):
-    """Send everything printed meanwhile (Python streams, logging, C-level fds 1 and 2) to `log_file`.
-
-    Axolotl configures its log handlers with the stdout of import time, so swapping `sys.stdout` alone is not
-    enough: the file descriptors themselves are redirected and restored afterwards.
-    """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    with open(log_file, "a", encoding="utf-8") as fh:
-        handler = logging.StreamHandler(fh)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        saved_handlers, saved_level = root.handlers[:], root.level
-        root.handlers = [handler]
-        root.setLevel(logging.INFO)
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        saved_fds = [os.dup(1), os.dup(2)]
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-                yield
-        finally:
-            for stream in (sys.stdout, sys.stderr, fh):
-                stream.flush()
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            for fd in saved_fds:
-                os.close(fd)
-            root.handlers, root.level = saved_handlers, saved_level
 
 
 def _import_axolotl():
@@ -146,17 +118,17 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg_file) as tmp:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    with _logs_to(log_file or cfg_file.with_suffix(".log")):
+    with logs_to(log_file or cfg_file.with_suffix(".log")):
         load_cfg, _, _ = _import_axolotl()
     check_unknown_keys(cfg)
     try:
-        with _logs_to(log_file or cfg_file.with_suffix(".log")):
+        with logs_to(log_file or cfg_file.with_suffix(".log")):
             return load_cfg(str(cfg_file))
     except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
         raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {_first_error_line(exc)}") from None
 
 
-def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None) -> TrainResult:
+def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, description: str = "training") -> TrainResult:
     """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename).
 
     `on_trained` runs after Axolotl has written the adapter and before it is renamed into place (a test hook).
@@ -168,13 +140,16 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None) -> TrainR
     start = time.perf_counter()
     log_file = round_dir / "axolotl.log"
     axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
-    with _logs_to(log_file):
+    with logs_to(log_file):
         _, load_datasets, train = _import_axolotl()
         # Axolotl creates the LoRA weights before the Trainer seeds anything, from the unseeded global RNG: the
         # same recipe would train different adapters (and so select different rows). Seed everything first.
         from transformers import set_seed
 
         set_seed(int(axo_cfg.seed))
+        from .axolotl_plugin import DESCRIPTION
+
+        DESCRIPTION["text"] = description
         meta = load_datasets(cfg=axo_cfg)
         model, _, trainer = train(cfg=axo_cfg, dataset_meta=meta)
     history = trainer.state.log_history

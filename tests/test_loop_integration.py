@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,25 @@ def test_swapping_the_selector_is_one_line(tmp_path, tiny_model, pool_file, sele
         new = manifest["indices"][8:]
         rest = np.setdiff1d(np.arange(len(scores)), manifest["indices"])
         assert scores[new].min() >= scores[rest].max()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "eval" / "arc").is_dir(), reason="../shared/data is not here")
+def test_every_round_is_evaluated_with_lm_eval(tmp_path, tiny_model, pool_file):
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 1})
+    text = recipe.read_text() + yaml.safe_dump({"eval": {
+        "tasks": ["da_arc_easy", "heldout_loss"], "limit": 2, "batch_size": 2,
+        "heldout": {"sources": ["alpaca"], "n_per_source": 2, "max_length": 128},
+    }})
+    recipe.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    for k in range(2):
+        report = json.loads((tmp_path / "run" / f"round_{k}" / "eval.json").read_text())
+        assert "da_arc_easy" in report["lm_eval"]["results"]
+        assert np.isfinite(report["metrics"]["heldout_loss"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert all("heldout_loss" in row["metrics"] for row in summary)
