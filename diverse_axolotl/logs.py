@@ -40,10 +40,12 @@ def _swap_stream(handler: logging.StreamHandler, stream):
 
 @contextlib.contextmanager
 def logs_to(log_file: Path):
-    """Send what Axolotl and its libraries print meanwhile to `log_file`.
+    """Send everything printed meanwhile to `log_file`: log records (root at INFO), Python prints, other
+    libraries' progress bars, C extensions and subprocesses (file descriptors 1 and 2 are redirected).
 
-    Axolotl configures its log handlers with the stdout of its import time, so each existing stream handler is
-    pointed at the file for the duration, and file descriptors 1 and 2 are redirected too (tqdm, C extensions).
+    Axolotl configures its log handlers with the stdout of its import time and wraps sys.stdout (colorama, a tee
+    into its output_dir), so existing stream handlers are pointed at the file for the duration and the sys
+    streams are restored afterwards. Our own progress bars still reach the terminal (see `progress`).
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8") as fh:
@@ -76,6 +78,3 @@ def logs_to(log_file: Path):
                 os.close(fd)
             for handler, stream in zip(handlers, saved_streams):
                 _swap_stream(handler, stream)
-            for handler in _stream_handlers():  # handlers created meanwhile (Axolotl's import) must not keep fh
-                if getattr(handler, "stream", None) is fh:
-                    _swap_stream(handler, sys.stderr)
