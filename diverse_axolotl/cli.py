@@ -55,9 +55,12 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
     loop = Loop(recipe)
     if not skip_axolotl:
         loop.preflight()
-    sel, rows = recipe.selection, loop.rows
+    sel, rows, stats = recipe.selection, loop.rows, loop.pool_stats
     click.echo(f"recipe {recipe.path} (hash {recipe.hash}) is valid")
-    click.echo(f"  pool      {sel.pool.path} ({len(rows)} rows, format {sel.pool.format})")
+    click.echo(
+        f"  pool      {sel.pool.path} ({len(rows)} rows, format {sel.pool.format}; {stats['empty_skipped']} empty"
+        f" skipped, {stats['duplicates']} duplicate(s){' removed' if sel.pool.dedup else ''})"
+    )
     params = ", ".join(f"{k}={v}" for k, v in sel.selector.params.items())
     click.echo(f"  selector  {sel.selector.name}({params})" + (f", scorer {sel.scorer.name}" if sel.scorer else ""))
     click.echo(
@@ -77,13 +80,13 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
 @friendly_errors
 def run(recipe_file: Path, resume: bool, force: bool) -> None:
     """Run every round of a recipe (re-running continues where it stopped)."""
-    from .loop import Loop, prepare_run_dir
+    from .loop import Loop
     from .recipe import load_recipe
 
     recipe = load_recipe(recipe_file)
     loop = Loop(recipe, log=lambda msg: click.echo(msg, err=True))
     loop.preflight()
-    prepare_run_dir(recipe, loop.paths, resume=resume, force=force)
+    loop.prepare(resume=resume, force=force)
     summary = loop.run()
     _print_summary(summary)
     click.echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")

@@ -111,6 +111,46 @@ def load_pool(path: Path, fmt: str, limit: int | None = None) -> list[dict[str, 
     return rows
 
 
+def _texts(row: dict, fmt: str) -> list[str]:
+    if fmt == "alpaca":
+        return [str(row.get("instruction") or ""), str(row.get("output") or "")]
+    if fmt == "chat":
+        return [str(m.get("content") or "") for m in row["messages"]]
+    return [str(row.get("text") or "")]
+
+
+def clean_pool(rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: Path) -> tuple[list[dict], list[int], dict]:
+    """Drop rows with an empty instruction/answer (or fail, per `empty_rows`) and, if asked, exact duplicates.
+
+    Returns the kept rows, their row numbers in the file, and counts for the run's records. Duplicates are
+    always counted (a pool full of them skews any selector), removed only with `dedup`.
+    """
+    empty = [i for i, row in enumerate(rows) if any(not t.strip() for t in _texts(row, fmt))]
+    if empty and empty_rows == "fail":
+        raise UserError(
+            f"{path}: {len(empty)} row(s) have an empty instruction or answer, first: row {empty[0]}"
+            " (set selection.pool.empty_rows: skip to leave them out)"
+        )
+    empty_set = set(empty)
+    seen: set[str] = set()
+    kept, duplicates = [], 0
+    for i, row in enumerate(rows):
+        if i in empty_set:
+            continue
+        key = json.dumps(row, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            duplicates += 1
+            if dedup:
+                continue
+        seen.add(key)
+        kept.append(i)
+    if not kept:
+        raise UserError(f"{path}: no usable rows left after skipping {len(empty)} empty one(s)")
+    stats = {"rows_in_file": len(rows), "empty_skipped": len(empty), "duplicates": duplicates,
+             "duplicates_removed": duplicates if dedup else 0, "rows": len(kept)}
+    return [rows[i] for i in kept], kept, stats
+
+
 def prompt_and_response(row: dict, fmt: str, tokenizer=None) -> tuple[str, str]:
     """The text a model reads (prompt) and the text it should produce (response) for one row.
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
-from .data import file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
+from .data import clean_pool, file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
 from .errors import UserError
 from .models import all_cpu_threads
 from .recipe import Recipe
@@ -111,34 +111,6 @@ def _model_config_hash(base_model: str) -> str | None:
     return hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.is_file() else None
 
 
-def prepare_run_dir(recipe: Recipe, paths: RunPaths, resume: bool, force: bool) -> None:
-    """Refuse to mix two recipes' rounds in one folder; --force starts over, same recipe continues."""
-    if paths.run_info.is_file():
-        previous = json.loads(paths.run_info.read_text())
-        if previous.get("recipe_hash") != recipe.hash:
-            if not force:
-                raise UserError(
-                    f"{paths.root} holds a run of a different recipe (hash {previous.get('recipe_hash')} vs"
-                    f" {recipe.hash}); use another output_dir, or --force to delete it and start over"
-                )
-            shutil.rmtree(paths.root)
-    elif resume and not paths.root.exists():
-        raise UserError(f"--resume: {paths.root} holds no run to resume")
-    if not paths.run_info.is_file():
-        write_json(
-            paths.run_info,
-            {
-                "recipe_hash": recipe.hash,
-                "recipe_file": str(recipe.path),
-                "recipe": recipe.resolved(),
-                "pool_sha256": file_sha256(recipe.selection.pool.path),
-                "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
-                "versions": _versions(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        )
-
-
 def write_round_files(paths: RunPaths, k: int, rows: list[dict], picks: np.ndarray, entered: np.ndarray, info: dict) -> None:
     """The round's training file (pool format) then its manifest; the manifest names the picks in order."""
     write_jsonl(paths.train_file(k), (rows[i] for i in picks))
@@ -160,9 +132,40 @@ class Loop:
         self.paths = RunPaths(recipe.output_dir)
         self.log = log
         self.selector = get_selector(self.sel.selector.name, **self.sel.selector.params)
-        self.rows = load_pool(self.sel.pool.path, self.sel.pool.format, self.sel.pool.limit)
+        pool = self.sel.pool
+        raw = load_pool(pool.path, pool.format, pool.limit)
+        self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
         check_budget(recipe, len(self.rows))
         self._tokenizer = None
+
+    def prepare(self, resume: bool = False, force: bool = False) -> None:
+        """Refuse to mix two recipes' rounds in one folder; --force starts over, same recipe continues."""
+        recipe, paths = self.recipe, self.paths
+        if paths.run_info.is_file():
+            previous = json.loads(paths.run_info.read_text())
+            if previous.get("recipe_hash") != recipe.hash:
+                if not force:
+                    raise UserError(
+                        f"{paths.root} holds a run of a different recipe (hash {previous.get('recipe_hash')} vs"
+                        f" {recipe.hash}); use another output_dir, or --force to delete it and start over"
+                    )
+                shutil.rmtree(paths.root)
+        elif resume and not paths.root.exists():
+            raise UserError(f"--resume: {paths.root} holds no run to resume")
+        if not paths.run_info.is_file():
+            write_json(
+                paths.run_info,
+                {
+                    "recipe_hash": recipe.hash,
+                    "recipe_file": str(recipe.path),
+                    "recipe": recipe.resolved(),
+                    "pool_sha256": file_sha256(recipe.selection.pool.path),
+                    "pool": self.pool_stats,
+                    "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
+                    "versions": _versions(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
 
     def preflight(self) -> None:
         """Axolotl's validation of the round config, before anything is trained or written."""
@@ -184,7 +187,7 @@ class Loop:
         if self._tokenizer is None:
             from .models import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.recipe.axolotl["base_model"], self._trust_remote_code)
+            self._tokenizer = load_tokenizer(self.recipe.axolotl["base_model"], self._trust_remote_code, note=self.log)
         return self._tokenizer
 
     @property
@@ -195,7 +198,8 @@ class Loop:
         if self.paths.manifest(0).is_file():
             return
         picks = get_selector("random").select(len(self.rows), self.sel.seed_size, seed=self.sel.seed)
-        info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash}
+        info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash,
+                "file_rows": [self.file_rows[i] for i in picks]}
         write_round_files(self.paths, 0, self.rows, picks, np.zeros(len(picks), dtype=np.int64), info)
 
     def train(self, k: int) -> dict[str, Any]:
@@ -221,9 +225,19 @@ class Loop:
             cfg, self.paths.round_dir(k), on_trained=lambda: failpoint(f"train:{k}"), description=f"round {k}: training"
         )
         shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
-        info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2)}
+        info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2),
+                "truncated_rows": self._rows_over_sequence_len(k)}
         write_json(done_marker, info)
         return info
+
+    def _rows_over_sequence_len(self, k: int) -> int:
+        """How many of the round's rows Axolotl had to truncate (prompt + answer longer than sequence_len)."""
+        limit = self.recipe.axolotl.get("sequence_len")
+        if not limit:
+            return 0
+        picks, _ = read_manifest(self.paths, k)
+        texts = ["".join(prompt_and_response(self.rows[i], self.sel.pool.format, self.tokenizer)) for i in picks]
+        return sum(len(ids) > int(limit) for ids in self.tokenizer(texts)["input_ids"])
 
     def _model(self, k: int):
         from .models import load_model
@@ -295,6 +309,7 @@ class Loop:
             "seed": self.sel.seed + k + 1,
             "recipe_hash": self.recipe.hash,
             "timings": {key: round(v, 3) for key, v in timings.items()},
+            "file_rows": [self.file_rows[i] for i in picks],
         }
         write_round_files(self.paths, k + 1, self.rows, picks, entered, info)
         return timings

@@ -51,8 +51,8 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    """The model's tokenizer, with a pad token (the EOS token when it has none, which we log)."""
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, note=log.info):
+    """The model's tokenizer, with a pad token (the EOS token when it has none, which `note` reports)."""
     from transformers import AutoTokenizer
 
     try:
@@ -61,7 +61,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
         raise UserError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-        log.info("tokenizer of %s has no pad token; using its EOS token %r", path, tok.eos_token)
+        note(f"tokenizer of {path} has no pad token; using its EOS token {tok.eos_token!r} for padding")
     return tok
 
 

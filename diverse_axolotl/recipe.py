@@ -32,6 +32,8 @@ class PoolSpec(Strict):
         "alpaca", description="alpaca: instruction/input/output; chat: messages; completion: text"
     )
     limit: Optional[int] = Field(None, gt=0, description="use only the first N rows of the file")
+    empty_rows: Literal["skip", "fail"] = Field("skip", description="rows with an empty instruction or answer")
+    dedup: bool = Field(False, description="drop exact duplicate rows (they are always counted)")
 
 
 class SelectorSpec(BaseModel):
@@ -258,10 +260,17 @@ def check_recipe(recipe: Recipe) -> None:
     if not sel.pool.path.is_file():
         raise UserError(f"{recipe.path}: selection.pool.path: no such file {sel.pool.path}")
     base_model = recipe.axolotl["base_model"]
-    if str(base_model).startswith("/") and not Path(base_model).is_dir():
-        raise UserError(
-            f"{recipe.path}: base_model: no such model folder {base_model}"
-            " (for the demo model run `diverse-axolotl prepare-model`)"
-        )
+    if str(base_model).startswith("/"):
+        folder = Path(base_model)
+        if not folder.is_dir():
+            raise UserError(
+                f"{recipe.path}: base_model: no such model folder {base_model}"
+                " (for the demo model run `diverse-axolotl prepare-model`)"
+            )
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{recipe.path}: base_model: {folder} has no config.json (not a Hugging Face model folder)")
+        tokenizer_dir = Path(recipe.axolotl.get("tokenizer_config") or folder)
+        if not any((tokenizer_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise UserError(f"{recipe.path}: base_model: {tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
     if recipe.axolotl.get("trust_remote_code") not in (None, False) and recipe.axolotl["trust_remote_code"] is not True:
         raise UserError(f"{recipe.path}: trust_remote_code must be true or false")

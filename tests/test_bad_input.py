@@ -57,6 +57,7 @@ CASES = [
     ("budget-too-big", ("selection.rounds", 10), None, ["4 + 10 * 4 = 44 rows", "only 20"]),
     ("missing-pool", ("selection.pool.path", "nowhere.json"), None, ["no such file", "nowhere.json"]),
     ("missing-model", ("base_model", "./no-such-model"), None, ["base_model", "no such model folder"]),
+    ("missing-tokenizer", "NO_TOKENIZER", None, ["base_model", "holds no tokenizer"]),
     ("loop-owned-key", ("datasets", [{"path": "x"}]), None, ["the loop sets datasets itself"]),
     ("empty-pool", None, "", ["pool.json", "empty"]),
     ("malformed-jsonl", None, '{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": }\n', ["pool.json:2:", "malformed JSON"]),
@@ -71,6 +72,12 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_model, case, change, pool_te
     (tmp_path / "pool.json").write_text(json.dumps(POOL_ROWS) if pool_text is None else pool_text)
     recipe = json.loads(json.dumps(GOOD))
     recipe["base_model"] = str(tiny_model)
+    if change == "NO_TOKENIZER":
+        bare = tmp_path / "bare-model"
+        bare.mkdir()
+        (bare / "config.json").write_text((tiny_model / "config.json").read_text())
+        recipe["base_model"] = str(bare)
+        change = None
     if isinstance(change, str) and change.startswith("RAW:"):
         (tmp_path / "recipe.yaml").write_text(change[4:])
     else:
@@ -114,3 +121,23 @@ def test_a_good_recipe_validates_and_prints_the_plan(tmp_path, tiny_model):
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
     assert result.exit_code == 0, result.output
     assert "20 rows" in result.output and "kcenter" in result.output and "12 rows (60.0% of the pool)" in result.output
+
+
+def test_empty_rows_are_skipped_and_counted_or_fail_on_request(tmp_path, tiny_model):
+    rows = POOL_ROWS + [{"instruction": "  ", "input": "", "output": "x"}, {"instruction": "y", "input": "", "output": ""}]
+    rows += [POOL_ROWS[0], POOL_ROWS[1]]  # two exact duplicates
+    (tmp_path / "pool.json").write_text(json.dumps(rows))
+    recipe = json.loads(json.dumps(GOOD))
+    recipe["base_model"] = str(tiny_model)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    ok = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
+    assert ok.exit_code == 0, ok.output
+    assert "22 rows" in ok.output and "2 empty skipped, 2 duplicate(s)" in ok.output
+    recipe["selection"]["pool"]["dedup"] = True
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    deduped = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
+    assert "20 rows" in deduped.output and "2 duplicate(s) removed" in deduped.output
+    recipe["selection"]["pool"]["empty_rows"] = "fail"
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    failed = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml"), "--skip-axolotl"])
+    assert failed.exit_code == 1 and "2 row(s) have an empty instruction or answer, first: row 20" in failed.output
