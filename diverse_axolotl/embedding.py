@@ -92,3 +92,72 @@ def embed_rows(model, tokenizer, texts: Sequence[str], spec, out: Path | None = 
     """Tokenise and embed texts as the recipe's `embedding` block says."""
     ids = tokenize_texts(tokenizer, texts, spec.max_length)
     return embed_token_ids(model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc)
+
+
+# -- cache ------------------------------------------------------------------------------------------------------
+def _file_digest(path: Path) -> str:
+    from .data import file_sha256
+
+    return file_sha256(path)
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identity of a model folder without reading its weights: config.json's content and the weight files'
+    names, sizes and modification times (hashing gigabytes of weights on every round would defeat the cache)."""
+    import hashlib
+
+    model_dir = Path(model_dir)
+    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
+    """(pool, base model, adapter weights, pooling, layer, max_length, dtype) -> a hex key."""
+    import hashlib
+    import json
+
+    adapter_digest = _file_digest(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
+    payload = {
+        "pool": pool_digest, "model": model_fingerprint(base_model), "adapter": adapter_digest,
+        "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length, "dtype": spec.dtype,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    root = os.environ.get("DIVERSE_AXOLOTL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "diverse-axolotl"
+    )
+    return Path(root) / "embeddings"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link when possible (no second copy on disk), else copy; `dst` appears atomically."""
+    import os
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def cache_fetch(cache_dir: Path, key: str, dst: Path) -> bool:
+    src = Path(cache_dir) / f"{key}.npy"
+    if not src.is_file():
+        return False
+    _link_or_copy(src, dst)
+    return True
+
+
+def cache_store(cache_dir: Path, key: str, src: Path) -> None:
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    _link_or_copy(src, Path(cache_dir) / f"{key}.npy")

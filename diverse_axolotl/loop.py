@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
-from .data import clean_pool, file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
+from .data import clean_pool, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
 from .errors import UserError
 from .models import all_cpu_threads
 from .recipe import Recipe
@@ -159,7 +159,7 @@ class Loop:
                     "recipe_hash": recipe.hash,
                     "recipe_file": str(recipe.path),
                     "recipe": recipe.resolved(),
-                    "pool_sha256": file_sha256(recipe.selection.pool.path),
+                    "pool_sha256": recipe.pool_sha256,
                     "pool": self.pool_stats,
                     "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
                     "versions": _versions(),
@@ -245,11 +245,39 @@ class Loop:
         spec = self.sel.embedding
         return load_model(self.recipe.axolotl["base_model"], self.paths.adapter(k), spec.device, spec.dtype, self._trust_remote_code)
 
-    def embed(self, k: int, model) -> np.ndarray:
-        from .embedding import embed_rows
+    def _cache_key(self, k: int) -> str | None:
+        from .embedding import embedding_cache_key
+
+        if not self.sel.embedding.cache:
+            return None
+        rows_digest = hashlib.sha256(np.asarray(self.file_rows, dtype=np.int64).tobytes()).hexdigest()
+        pool_digest = f"{self.recipe.pool_sha256}:{self.sel.pool.format}:{rows_digest}"
+        return embedding_cache_key(pool_digest, Path(self.recipe.axolotl["base_model"]), self.paths.adapter(k), self.sel.embedding)
+
+    @property
+    def _cache_dir(self) -> Path:
+        from .embedding import default_cache_dir
+
+        return self.sel.embedding.cache_dir or default_cache_dir()
+
+    def embed_from_cache(self, k: int) -> bool:
+        """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any."""
+        from .embedding import cache_fetch
 
         path = self.paths.embeddings(k)
         if path.is_file():
+            return True
+        key = self._cache_key(k)
+        if key and cache_fetch(self._cache_dir, key, path):
+            self.log(f"round {k}: embeddings reused from the cache ({key})")
+            return True
+        return False
+
+    def embed(self, k: int, model) -> np.ndarray:
+        from .embedding import cache_store, embed_rows
+
+        path = self.paths.embeddings(k)
+        if self.embed_from_cache(k):
             return np.load(path, mmap_mode="r")
         fmt = self.sel.pool.format
         texts = ["".join(prompt_and_response(r, fmt, self.tokenizer)) for r in self.rows]
@@ -261,6 +289,9 @@ class Loop:
         del emb
         failpoint(f"embed:{k}")
         partial.replace(path)
+        key = self._cache_key(k)
+        if key:
+            cache_store(self._cache_dir, key, path)
         return np.load(path, mmap_mode="r")
 
     @property
@@ -335,7 +366,7 @@ class Loop:
         return {"eval_s": round(time.perf_counter() - t, 2), "metrics": metrics}
 
     def _stage_outputs_exist(self, k: int) -> bool:
-        has_emb = self.paths.embeddings(k).is_file() or not self.selector.needs_embeddings
+        has_emb = not self.selector.needs_embeddings or self.embed_from_cache(k)
         return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
 
     # -- driver ---------------------------------------------------------------------------------------------

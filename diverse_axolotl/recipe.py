@@ -63,6 +63,8 @@ class EmbeddingSpec(Strict):
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch (rows are sorted by length)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
+    cache_dir: Optional[Path] = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
 
 
 class SelectionSpec(Strict):
@@ -106,13 +108,19 @@ class Recipe(BaseModel):
         return self
 
     @functools.cached_property
+    def pool_sha256(self) -> str | None:
+        from .data import file_sha256
+
+        return file_sha256(self.selection.pool.path) if self.selection.pool.path.is_file() else None
+
+    @functools.cached_property
     def hash(self) -> str:
         """Hash of what decides the run's results: the pool by content (not by where it lies), our block, and
         Axolotl's keys."""
-        from .data import file_sha256
-
         selection = self.selection.model_dump(mode="json")
-        selection["pool"]["path"] = file_sha256(self.selection.pool.path) if self.selection.pool.path.is_file() else None
+        selection["pool"]["path"] = self.pool_sha256
+        for key in ("cache", "cache_dir"):  # where embeddings are cached does not change any result
+            selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}
         if self.eval is not None:
             payload["eval"] = self.eval.model_dump(mode="json")

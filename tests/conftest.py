@@ -19,6 +19,12 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _private_embedding_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own embedding cache (never the user's ~/.cache)."""
+    monkeypatch.setenv("DIVERSE_AXOLOTL_CACHE", str(tmp_path_factory.mktemp("cache")))
 SHARED_POOL = ROOT.parent / "shared" / "data" / "pools" / "alpaca" / "alpaca_5000.json"
 FIXTURE_POOL = ROOT / "tests" / "data" / "alpaca_200.json"
 CHATML = (

@@ -132,3 +132,22 @@ def test_every_round_is_evaluated_with_lm_eval(tmp_path, tiny_model, pool_file):
         assert np.isfinite(report["metrics"]["heldout_loss"])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert all("heldout_loss" in row["metrics"] for row in summary)
+
+
+@pytest.mark.slow
+def test_embeddings_are_reused_across_runs_only_for_the_same_adapter(tmp_path, tiny_model, pool_file):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    write_recipe(tmp_path / "a", tiny_model, pool_file, selection={"rounds": 1})
+    write_recipe(tmp_path / "b", tiny_model, pool_file, selection={"rounds": 1})
+    write_recipe(tmp_path / "c", tiny_model, pool_file, selection={"rounds": 1}, learning_rate=0.01)
+    outputs = {}
+    for name in ("a", "b", "c"):
+        result = CliRunner().invoke(main, ["run", str(tmp_path / name / "recipe.yaml")])
+        assert result.exit_code == 0, result.output
+        outputs[name] = result.output
+    assert "reused from the cache" not in outputs["a"]
+    assert "round 0: embeddings reused from the cache" in outputs["b"]  # same data, seed, model: same adapter
+    assert "reused from the cache" not in outputs["c"]  # another learning rate trains another adapter
+    emb = {n: np.load(tmp_path / n / "run" / "round_0" / "embeddings.npy") for n in "abc"}
+    assert np.array_equal(emb["a"], emb["b"]) and not np.allclose(emb["a"], emb["c"])

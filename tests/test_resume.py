@@ -19,7 +19,8 @@ CLI = str(Path(sys.executable).parent / "diverse-axolotl")
 
 
 def run_cli(recipe: Path, *args: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a cache per run folder: run b must compute its own embeddings, not reuse run a's
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIVERSE_AXOLOTL_CACHE": str(recipe.parent / "cache")}
     env.pop("DIVERSE_AXOLOTL_FAILPOINT", None)
     if failpoint:
         env["DIVERSE_AXOLOTL_FAILPOINT"] = failpoint
