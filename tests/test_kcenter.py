@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from diverse_axolotl.selection import get_selector
@@ -50,3 +51,35 @@ def test_kcenter_projection_returns_valid_picks(projection):
     picks = sel.select(x, 15, already_selected=already, seed=4)
     assert len(np.unique(picks)) == 15 and not np.isin(picks, already).any()
     np.testing.assert_array_equal(picks, sel.select(x, 15, already_selected=already, seed=4))
+
+
+def _distributed_worker(rank: int, world: int, port: int, data: np.ndarray, budget: int, already, out_dir: str):
+    import torch.distributed as dist
+
+    from diverse_axolotl.selection.kcenter import farthest_first_distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    bounds = np.linspace(0, len(data), world + 1).astype(int)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    picks = farthest_first_distributed(data[lo:hi], int(lo), len(data), budget, np.asarray(already, dtype=np.int64),
+                                       torch.device("cpu"))
+    np.save(f"{out_dir}/rank{rank}.npy", picks)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("already", [[], [5, 77, 140]])
+def test_sharded_kcenter_over_torch_distributed_equals_one_process(tmp_path, already):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from diverse_axolotl.selection.kcenter import farthest_first
+
+    data = np.random.default_rng(3).standard_normal((301, 16)).astype(np.float32)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(3, port, data, 25, already, str(tmp_path)), nprocs=3, join=True)
+    expected = farthest_first(data, 25, np.asarray(already, dtype=np.int64), torch.device("cpu"))
+    for rank in range(3):
+        assert np.load(tmp_path / f"rank{rank}.npy").tolist() == expected.tolist()

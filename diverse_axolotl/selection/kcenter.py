@@ -49,6 +49,57 @@ def project(emb: np.ndarray, dim: int, how: str, seed: int) -> np.ndarray:
     return out
 
 
+class RowShard:
+    """Rows [offset, offset + n) of the pool on one device, with each row's squared distance to its nearest
+    selected row (the only O(N) state k-center needs). One process holds one shard, or the whole pool."""
+
+    def __init__(self, emb, offset: int, device: torch.device, dtype: torch.dtype, chunk_rows: int):
+        n = len(emb)
+        self.offset, self.n, self.device, self.dtype = offset, n, device, dtype
+        # a copy: emb may be a read-only memmap
+        self.data = torch.tensor(np.asarray(emb, dtype=np.float32)).to(device=device, dtype=dtype)
+        self.chunks = [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
+        self.sq_norm = torch.empty(n, dtype=torch.float32, device=device)
+        for s, e in self.chunks:
+            self.sq_norm[s:e] = self.data[s:e].float().pow(2).sum(1)
+        self.min_dist = torch.full((n,), float("inf"), dtype=torch.float32, device=device)
+
+    def absorb(self, centers: torch.Tensor) -> None:
+        """min_dist <- min(min_dist, squared distance of every row to its nearest row in `centers`)."""
+        c = centers.to(self.dtype)
+        c_norm = c.float().pow(2).sum(1)
+        for s, e in self.chunks:
+            dots = (self.data[s:e] @ c.T).float()
+            dist = (self.sq_norm[s:e, None] - 2 * dots + c_norm[None, :]).clamp_(min=0).amin(1)
+            torch.minimum(self.min_dist[s:e], dist, out=self.min_dist[s:e])
+
+    def local(self, global_ids: torch.Tensor) -> torch.Tensor:
+        """The ids (global numbering) that live in this shard, as local positions."""
+        mine = (global_ids >= self.offset) & (global_ids < self.offset + self.n)
+        return global_ids[mine] - self.offset
+
+    def exclude(self, global_ids: torch.Tensor) -> None:
+        self.min_dist[self.local(global_ids)] = -float("inf")
+
+    def rows(self, global_ids: torch.Tensor) -> torch.Tensor:
+        """float32 vectors of `global_ids`, zeros for ids of other shards (summed across shards they are exact)."""
+        out = torch.zeros((len(global_ids), self.data.shape[1]), dtype=torch.float32, device=self.device)
+        mine = (global_ids >= self.offset) & (global_ids < self.offset + self.n)
+        out[mine] = self.data[global_ids[mine] - self.offset].float()
+        return out
+
+    def column_sum(self) -> torch.Tensor:
+        total = torch.zeros(self.data.shape[1], dtype=torch.float32, device=self.device)
+        for s, e in self.chunks:
+            total += self.data[s:e].float().sum(0)
+        return total
+
+    def best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(largest min-distance, its global id); torch.argmax gives the lowest index among ties."""
+        i = torch.argmax(self.min_dist)
+        return self.min_dist[i], i + self.offset
+
+
 def farthest_first(
     emb,
     budget: int,
@@ -57,46 +108,82 @@ def farthest_first(
     dtype: torch.dtype = torch.float32,
     chunk_rows: int = 262144,
 ) -> np.ndarray:
-    """The k-center loop over a (N, d) array; returns `budget` ids in pick order."""
-    n = len(emb)
-    data = torch.tensor(np.asarray(emb, dtype=np.float32)).to(device=device, dtype=dtype)  # a copy: emb may be a read-only memmap
-    chunks = [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
-    sq_norm = torch.empty(n, dtype=torch.float32, device=device)
-    for s, e in chunks:
-        sq_norm[s:e] = data[s:e].float().pow(2).sum(1)
-    min_dist = torch.full((n,), float("inf"), dtype=torch.float32, device=device)
+    """The k-center loop over a (N, d) array in one process; returns `budget` ids in pick order."""
+    shard = RowShard(emb, 0, device, dtype, chunk_rows)
+    if len(already_selected):
+        idx = torch.as_tensor(already_selected, device=device)
+        for s in range(0, len(idx), 1024):
+            shard.absorb(shard.data[idx[s : s + 1024]])
+        shard.exclude(idx)
+        first = None
+    else:
+        shard.absorb((shard.column_sum() / shard.n)[None, :])
+        first = shard.best()[1]
+        shard.min_dist.fill_(float("inf"))
+    picks = torch.empty(budget, dtype=torch.long, device=device)
+    for i in range(budget):
+        pick = first if (i == 0 and first is not None) else shard.best()[1]  # stays on the device: no sync
+        picks[i] = pick
+        shard.absorb(shard.data[pick][None, :])
+        shard.min_dist[pick] = -float("inf")
+    return picks.cpu().numpy()
 
-    def absorb(centers: torch.Tensor) -> None:
-        """min_dist <- min(min_dist, squared distance of every row to its nearest row in `centers`)."""
-        c = centers.to(dtype)
-        c_norm = c.float().pow(2).sum(1)
-        for s, e in chunks:
-            dots = (data[s:e] @ c.T).float()
-            dist = (sq_norm[s:e, None] - 2 * dots + c_norm[None, :]).clamp_(min=0).amin(1)
-            torch.minimum(min_dist[s:e], dist, out=min_dist[s:e])
+
+def farthest_first_distributed(
+    shard_emb,
+    offset: int,
+    n_total: int,
+    budget: int,
+    already_selected: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    chunk_rows: int = 262144,
+    group=None,
+) -> np.ndarray:
+    """k-center with the pool split across the ranks of a torch.distributed group (rows [offset, offset + len)).
+
+    Every rank returns the same picks, equal to `farthest_first` on the whole pool. Per pick: one all-gather of
+    each rank's (max distance, id) and one all-reduce of the chosen row's vector (zeros on the other ranks).
+    """
+    import torch.distributed as dist
+
+    shard = RowShard(shard_emb, offset, device, dtype, chunk_rows)
+    world = dist.get_world_size(group)
+
+    def share_rows(ids: torch.Tensor) -> torch.Tensor:
+        vectors = shard.rows(ids)
+        dist.all_reduce(vectors, group=group)
+        return vectors
+
+    def global_best() -> int:
+        value, idx = shard.best()
+        mine = torch.stack([value.double(), idx.double()]).to(device)
+        everyone = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(everyone, mine, group=group)
+        table = torch.stack(everyone).cpu()
+        top = table[:, 0].max()
+        return int(table[table[:, 0] == top, 1].min())  # ties: the lowest id, as in one process
 
     if len(already_selected):
         idx = torch.as_tensor(already_selected, device=device)
         for s in range(0, len(idx), 1024):
-            absorb(data[idx[s : s + 1024]])
-        min_dist[idx] = -float("inf")
+            shard.absorb(share_rows(idx[s : s + 1024]))
+        shard.exclude(idx)
         first = None
     else:
-        mean = torch.zeros(data.shape[1], dtype=torch.float32, device=device)
-        for s, e in chunks:
-            mean += data[s:e].float().sum(0)
-        mean /= n
-        absorb(mean[None, :])
-        first = int(torch.argmax(min_dist))
-        min_dist.fill_(float("inf"))
-
-    picks = torch.empty(budget, dtype=torch.long, device=device)
+        total = shard.column_sum()
+        dist.all_reduce(total, group=group)
+        shard.absorb((total / n_total)[None, :])
+        first = global_best()
+        shard.min_dist.fill_(float("inf"))
+    picks = []
     for i in range(budget):
-        pick = torch.argmax(min_dist) if (i or first is None) else torch.tensor(first, device=device)
-        picks[i] = pick
-        absorb(data[pick][None, :])
-        min_dist[pick] = -float("inf")
-    return picks.cpu().numpy()
+        pick = first if (i == 0 and first is not None) else global_best()
+        picks.append(pick)
+        one = torch.tensor([pick], device=device)
+        shard.absorb(share_rows(one))
+        shard.exclude(one)
+    return np.asarray(picks, dtype=np.int64)
 
 
 @register
