@@ -71,6 +71,40 @@ def direct_faiss(x: np.ndarray, k: int, seed: int):
     return km.centroids, km.index.search(x, 1)[1].ravel()
 
 
+def gpu_kcenter(n: int, d: int, picks: int) -> list[tuple]:
+    """Per-pick time of the k-center loop on the GPU (bf16 rows) against N * d * 2 bytes / measured copy bandwidth."""
+    from diverse_axolotl.selection.kcenter import RowShard
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    shard = RowShard(np.zeros((1, d), np.float32), 0, dev, torch.bfloat16, 1 << 30)
+    shard.data = torch.randn(n, d, device=dev, dtype=torch.bfloat16, generator=g)
+    shard.n, shard.chunks = n, [(0, n)]
+    shard.sq_norm = shard.data.float().pow(2).sum(1)
+    shard.min_dist = torch.full((n,), float("inf"), device=dev)
+    for _ in range(5):  # warm-up
+        shard.absorb(shard.data[shard.best()[1]][None, :])
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(picks):
+        i = shard.best()[1]
+        shard.absorb(shard.data[i][None, :])
+        shard.min_dist[i] = -float("inf")
+    torch.cuda.synchronize()
+    per_pick = (time.perf_counter() - start) / picks
+    buf = torch.empty_like(shard.data)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        buf.copy_(shard.data)
+    torch.cuda.synchronize()
+    bandwidth = 2 * shard.data.numel() * 2 * 5 / (time.perf_counter() - start)  # read + write per copy
+    floor = n * d * 2 / bandwidth
+    size = f"N={n:,} d={d:,} bf16 picks={picks}"
+    return [("kcenter on GPU, ms per pick", size, per_pick * 1e3, f"bandwidth floor {floor * 1e3:.2f} ms; {floor / per_pick:.0%} of it"
+             " (the time column is in ms here)")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 30 s)")
@@ -117,6 +151,10 @@ def main() -> None:
     same = np.array_equal(kmeans(x, s["wr_k"], 0)[1], direct_faiss(x, s["wr_k"], 0)[1])
     rows += [("kmeans helper (ours)", size, t_wrap, f"{t_wrap / t_direct:.3f}x direct; same assignment: {same}"),
              ("faiss.Kmeans directly", size, t_direct, "best of 3 each")]
+
+    # 4. on a GPU: ms per pick at N=1,000,000 x d=4,096 in bf16, next to the memory-bandwidth floor
+    if torch.cuda.is_available():
+        rows += gpu_kcenter(n=100_000 if args.quick else 1_000_000, d=4096, picks=50 if args.quick else 200)
 
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
