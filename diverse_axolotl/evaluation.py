@@ -495,8 +495,14 @@ def logs_to_file(log_file: Path | None):
     if log_file is None:
         yield
         return
-    with logs_to(Path(log_file)):
-        yield
+    lm_eval_logger = logging.getLogger("lm_eval")
+    level = lm_eval_logger.level
+    lm_eval_logger.setLevel(logging.INFO)  # its progress notes are INFO; another library may have raised the level
+    try:
+        with logs_to(Path(log_file)):
+            yield
+    finally:
+        lm_eval_logger.setLevel(level)
 
 
 def json_safe(obj: Any) -> Any:

@@ -39,13 +39,15 @@ def _swap_stream(handler: logging.StreamHandler, stream):
 
 
 @contextlib.contextmanager
-def logs_to(log_file: Path):
+def logs_to(log_file: Path, python_streams: bool = True):
     """Send everything printed meanwhile to `log_file`: log records (root at INFO), Python prints, other
     libraries' progress bars, C extensions and subprocesses (file descriptors 1 and 2 are redirected).
 
     Axolotl configures its log handlers with the stdout of its import time and wraps sys.stdout (colorama, a tee
-    into its output_dir), so existing stream handlers are pointed at the file for the duration and the sys
-    streams are restored afterwards. Our own progress bars still reach the terminal (see `progress`).
+    into its output_dir), so existing stream handlers are pointed at the file for the duration, handlers created
+    meanwhile are pointed back at stderr, and the sys streams are restored afterwards. Our own progress bars
+    still reach the terminal (see `progress`). Import Axolotl with `python_streams=False`: it wraps whatever
+    sys.stdout is at import time for good.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8") as fh:
@@ -63,6 +65,8 @@ def logs_to(log_file: Path):
         saved_fds = [os.dup(1), os.dup(2)]
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
+        if python_streams:  # Python-level writers too (tqdm under a test runner's capture)
+            sys.stdout = sys.stderr = fh
         try:
             yield
         finally:
@@ -78,3 +82,6 @@ def logs_to(log_file: Path):
                 os.close(fd)
             for handler, stream in zip(handlers, saved_streams):
                 _swap_stream(handler, stream)
+            for handler in _stream_handlers():  # made meanwhile (e.g. Axolotl's import) with fh as their stream
+                if handler.stream is fh:
+                    _swap_stream(handler, saved_sys[1])

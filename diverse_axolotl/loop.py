@@ -37,7 +37,7 @@ from .data import clean_pool, load_pool, prompt_and_response, save_npy, write_js
 from .errors import UserError
 from .models import all_cpu_threads
 from .recipe import Recipe
-from .selection import get_selector, selector_class
+from .selection import get_selector
 
 
 FAILPOINT_ENV = "DIVERSE_AXOLOTL_FAILPOINT"

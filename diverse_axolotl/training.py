@@ -7,11 +7,8 @@ imported once per process (it costs seconds) and its logs go to a file in the ro
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +115,7 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg_file) as tmp:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    with logs_to(log_file or cfg_file.with_suffix(".log")):
+    with logs_to(log_file or cfg_file.with_suffix(".log"), python_streams=False):
         load_cfg, _, _ = _import_axolotl()
     check_unknown_keys(cfg)
     try:

@@ -14,8 +14,6 @@ Higher always means "the model finds this row harder / is less sure".
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
