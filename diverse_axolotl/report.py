@@ -194,6 +194,64 @@ def load_run(path: Path) -> Run:
     return run
 
 
+LABEL_KINDS = ("source", "template")
+
+
+def pool_labels(run_path: Path) -> dict[str, list]:
+    """Per file row of the run's pool, its `source` and T0 `template` where known: from the rows' own fields, or
+    from a `<pool stem>_meta.json` beside the pool holding {"rows": [{"source": ..., "template": ...}, ...]}
+    (what bench/quality writes). Empty when the pool carries no labels."""
+    from .data import read_rows
+
+    info = _read_json(run_path / "run.json") if (run_path / "run.json").is_file() else {}
+    pool = (((info.get("recipe") or {}).get("selection") or {}).get("pool") or {}).get("path")
+    if not pool or not Path(pool).is_file():
+        return {}
+    sidecar = Path(pool).with_name(Path(pool).stem + "_meta.json")
+    rows = _read_json(sidecar).get("rows", []) if sidecar.is_file() else read_rows(Path(pool))
+    return {kind: [r.get(kind) for r in rows] for kind in LABEL_KINDS if any(r.get(kind) for r in rows)}
+
+
+def label_coverage(labels: list, file_rows: list[int]) -> tuple[float, dict[str, tuple[int, int]]]:
+    """(fraction of labels with at least one selected row, {label: (selected rows, pool rows)})."""
+    from collections import Counter
+
+    pool_counts = Counter(x for x in labels if x)
+    picked = Counter(labels[i] for i in file_rows if i < len(labels) and labels[i])
+    table = {label: (picked.get(label, 0), total) for label, total in sorted(pool_counts.items())}
+    return (len(picked) / len(pool_counts) if pool_counts else float("nan")), table
+
+
+def _coverage_blocks(runs: list[Run], out_dir: Path, pngs: list[Path]) -> list[tuple]:
+    blocks: list[tuple] = [("h", 2, "Coverage of sources and templates")]
+    labelled = {r.label: pool_labels(r.path) for r in runs}
+    kinds = [kind for kind in LABEL_KINDS if any(kind in lab for lab in labelled.values())]
+    if not kinds:
+        return blocks + [("p", "The pools carry no source or template labels.")]
+    for kind in kinds:
+        covered: dict[str, dict[int, float]] = {}
+        last_tables = {}
+        for run in runs:
+            labels = labelled[run.label].get(kind)
+            if not labels:
+                continue
+            covered[run.label] = {}
+            for k in run.rounds:
+                m = run.manifests.get(k, {})
+                file_rows = m.get("file_rows") or m.get("indices") or []
+                covered[run.label][k], last_tables[run.label] = label_coverage(labels, file_rows)
+        png = out_dir / f"coverage_{kind}.png"
+        plot_vs_rows(runs, covered, f"share of {kind}s with at least one selected row", "share covered", png)
+        pngs.append(png)
+        blocks += [("h", 3, f"{kind}s"), ("img", png.name, f"coverage of {kind}s"), ("table", *_value_table(runs, covered))]
+        if kind == "source":  # a few sources: show each one's share in the last round
+            names = sorted({label for t in last_tables.values() for label in t})
+            rows = [[run] + [f"{t.get(n, (0, 0))[0]} / {t.get(n, (0, 0))[1]}" for n in names] for run, t in last_tables.items()]
+            blocks += [("p", "Selected rows per source in each run's last round (selected / in the pool)."),
+                       ("table", ["run", *names], rows)]
+    return blocks
+
+
 def _load_embeddings(run: Run, k: int):
     return np.load(run.path / f"round_{k}" / "embeddings.npy", mmap_mode="r")
 
@@ -452,6 +510,8 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
             plot_vs_rows(runs, values, title, key, png)
             pngs.append(png)
             blocks += [("h", 3, title), ("img", png.name, title), ("table", *_value_table(runs, values))]
+
+    blocks += _coverage_blocks(runs, out_dir, pngs)
 
     blocks.append(("h", 2, "Embedding maps"))
     for run in runs:

@@ -349,3 +349,33 @@ def test_cli_eval_and_report(tiny_model, tmp_path):
     ok = runner.invoke(main, ["report", str(run), "--out", str(tmp_path / "rep")])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_coverage_of_sources_and_templates_by_hand(tmp_path):
+    from diverse_axolotl.report import label_coverage, pool_labels
+
+    labels = ["a", "a", "b", "c", None]
+    share, table = label_coverage(labels, [0, 1, 3])
+    assert share == pytest.approx(2 / 3) and table == {"a": (2, 2), "b": (0, 1), "c": (1, 1)}
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"instruction": "x", "output": "y"}] * 3))
+    (tmp_path / "pool_meta.json").write_text(json.dumps({"rows": [{"source": "s1"}, {"source": "s2", "template": "t"}, {"source": "s1"}]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"recipe": {"selection": {"pool": {"path": str(pool)}}}}))
+    assert pool_labels(run) == {"source": ["s1", "s2", "s1"], "template": [None, "t", None]}
+
+
+def test_report_shows_source_coverage(tmp_path):
+    rng = np.random.default_rng(0)
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"instruction": "x", "output": "y", "source": "abc"[i % 3]} for i in range(40)]))
+    runs = [fake_run(tmp_path / name, name, 0, 0.0, rng) for name in ("kcenter", "random")]
+    for run in runs:
+        info = json.loads((run / "run.json").read_text())
+        info["recipe"]["selection"]["pool"] = {"path": str(pool)}
+        (run / "run.json").write_text(json.dumps(info))
+    written = write_report(runs, tmp_path / "report")
+    assert (tmp_path / "report" / "coverage_source.png").is_file()
+    md = written["markdown"].read_text()
+    assert "Coverage of sources and templates" in md and "Selected rows per source" in md
