@@ -123,24 +123,35 @@ def _print_summary(summary: list[dict]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly_errors
 def selectors(as_json: bool) -> None:
-    """List the selectors, their parameters and what they do."""
+    """List the selectors and scorers, their parameters and what they do."""
+    from .scoring import available_scorers
     from .selection import available_selectors
 
-    listing = {}
-    for name, cls in available_selectors().items():
-        params = {
+    def params_of(cls) -> dict:
+        return {
             key: {"type": _type_name(field.annotation), "default": field.default, "help": field.description or ""}
             for key, field in cls.Params.model_fields.items()
         }
-        listing[name] = {"description": cls.description, "scores": cls.scores, "params": params}
+
+    listing = {
+        name: {"description": cls.description, "scores": cls.scores, "default_scorer": cls.default_scorer, "params": params_of(cls)}
+        for name, cls in available_selectors().items()
+    }
+    scorers = {name: {"description": cls.description, "params": params_of(cls)} for name, cls in available_scorers().items()}
     if as_json:
-        click.echo(json.dumps(listing, indent=2, default=str))
+        click.echo(json.dumps({"selectors": listing, "scorers": scorers}, indent=2, default=str))
         return
-    for name, info in listing.items():
-        click.secho(name, bold=True, nl=False)
-        click.echo(f"  {info['description']}" + ("  [uses scores]" if info["scores"] != "none" else ""))
-        for key, p in info["params"].items():
-            click.echo(f"    {key}: {p['type']} = {p['default']!r}  {p['help']}")
+    for title, entries in (("selectors (selection.selector)", listing), ("scorers (selection.scorer)", scorers)):
+        click.secho(title, underline=True)
+        for name, info in entries.items():
+            uses = info.get("scores", "none")
+            note = f"  [scores: {uses}" + (f", default scorer {info['default_scorer']}" if info.get("default_scorer") else "") + "]"
+            click.secho(f"  {name}", bold=True, nl=False)
+            click.echo(f"  {info['description']}" + (note if uses != "none" else ""))
+            for key, p in info["params"].items():
+                default = "required" if repr(p["default"]) == "PydanticUndefined" else repr(p["default"])
+                click.echo(f"      {key}: {p['type']} = {default}  {p['help']}")
+        click.echo()
 
 
 def _type_name(annotation) -> str:
