@@ -101,7 +101,7 @@ def _print_summary(summary: list[dict]) -> None:
         return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
     stages = Table(title="summary")
-    cols = ["round", "rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "eval_s", "round_s"]
+    cols = ["round", "rows", "truncated_rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "eval_s", "round_s"]
     for col in cols:
         stages.add_column(col, justify="right")
     for row in summary:
