@@ -316,7 +316,7 @@ class Loop:
         save_npy(path, values)
         return values
 
-    def select_next(self, k: int) -> float:
+    def select_next(self, k: int) -> dict[str, float]:
         """Embed, score and select after round k; writes round k+1's files. Returns seconds per stage."""
         selected, entered = read_manifest(self.paths, k)
         timings = {}
