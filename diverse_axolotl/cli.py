@@ -100,10 +100,12 @@ def _print_summary(summary: list[dict]) -> None:
     def cell(v, digits: int) -> str:
         return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
-    stages = Table(title="summary")
-    cols = ["round", "rows", "truncated_rows", "train_loss", "train_s", "embed_s", "score_s", "select_s", "eval_s", "round_s"]
+    stages = Table(title="summary (seconds per stage; trunc: rows longer than sequence_len, truncated)")
+    headers = {"round": "round", "rows": "rows", "truncated_rows": "trunc", "train_loss": "loss", "train_s": "train",
+               "embed_s": "embed", "score_s": "score", "select_s": "select", "eval_s": "eval", "round_s": "total"}
+    cols = list(headers)
     for col in cols:
-        stages.add_column(col, justify="right")
+        stages.add_column(headers[col], justify="right")
     for row in summary:
         stages.add_row(*(cell(row.get(col), 4 if col == "train_loss" else 1) for col in cols))
     console = Console()

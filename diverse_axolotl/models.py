@@ -123,6 +123,13 @@ def prepare_model(out_dir: str | Path, gguf: str | Path | None = None) -> Path:
     kwargs = {"gguf_file": gguf.name}
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    if "<|im_end|>" in tok.get_vocab() and tok.eos_token != "<|im_end|>":
+        # SmolLM2's GGUF names <|im_start|> as its EOS; the published tokenizer ends turns with <|im_end|> and pads
+        # with it. Axolotl appends the EOS to every answer, so the wrong one would teach the model to open a turn.
+        tok.eos_token = tok.pad_token = "<|im_end|>"
+        model.config.eos_token_id = model.config.pad_token_id = tok.eos_token_id
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = model.generation_config.pad_token_id = tok.eos_token_id
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(out_dir)
