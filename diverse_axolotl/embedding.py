@@ -95,12 +95,6 @@ def embed_rows(model, tokenizer, texts: Sequence[str], spec, out: Path | None = 
 
 
 # -- cache ------------------------------------------------------------------------------------------------------
-def _file_digest(path: Path) -> str:
-    from .data import file_sha256
-
-    return file_sha256(path)
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """Identity of a model folder without reading its weights: config.json's content and the weight files'
     names, sizes and modification times (hashing gigabytes of weights on every round would defeat the cache)."""
@@ -119,7 +113,9 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
     import hashlib
     import json
 
-    adapter_digest = _file_digest(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
+    from .data import file_sha256
+
+    adapter_digest = file_sha256(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
     payload = {
         "pool": pool_digest, "model": model_fingerprint(base_model), "adapter": adapter_digest,
         "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length, "dtype": spec.dtype,

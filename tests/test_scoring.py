@@ -75,7 +75,7 @@ def test_an_overlong_prompt_is_cut_from_the_left_and_the_answer_survives(model_a
 def test_reward_gap_is_zero_when_the_gold_answer_is_the_models_own(model_and_tok, tiny_model, tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from diverse_axolotl.scoring.reward_gap import generate
+    from diverse_axolotl.evaluation import greedy_generate
 
     model, tok = model_and_tok
     config = AutoConfig.from_pretrained(tiny_model, num_labels=1)
@@ -83,7 +83,7 @@ def test_reward_gap_is_zero_when_the_gold_answer_is_the_models_own(model_and_tok
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     prompts = [prompt_and_response(r, "alpaca")[0] for r in ROWS[:3]]
-    own = generate(model, tok, prompts, 8, 128)
+    own = greedy_generate(model, tok, prompts, [8] * len(prompts), 128)
     rows = [{**r, "output": o} for r, o in zip(ROWS[:3], own)]
     scorer = get_scorer("reward_gap", reward_model=str(tmp_path / "rm"), max_new_tokens=8)
     same = scorer.score(model, tok, rows, "alpaca", max_length=128)

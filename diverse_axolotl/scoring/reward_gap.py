@@ -41,6 +41,8 @@ class RewardGapScorer(Scorer):
     def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from ..evaluation import greedy_generate
+
         self.check_ready(None)
         device = next(model.parameters()).device
         rm_tok = AutoTokenizer.from_pretrained(str(self.params.reward_model))
@@ -56,25 +58,12 @@ class RewardGapScorer(Scorer):
             for start in range(0, len(pairs), bs):
                 chunk = pairs[start : start + bs]
                 prompts = [p for p, _ in chunk]
-                own = generate(model, tokenizer, prompts, self.params.max_new_tokens, max_length)
+                own = greedy_generate(model, tokenizer, prompts, [self.params.max_new_tokens] * len(prompts), max_length)
                 gold = rewards(reward, rm_tok, [p + r for p, r in chunk], max_length, device)
                 mine = rewards(reward, rm_tok, [p + o for p, o in zip(prompts, own)], max_length, device)
                 out[start : start + len(chunk)] = gold - mine
                 advance(len(chunk))
         return out
-
-
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, max_length: int) -> list[str]:
-    """Greedy answers for a batch of prompts (left padding, prompts cut from the left to fit)."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    finally:
-        tokenizer.padding_side = side
-    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def rewards(reward_model, tokenizer, texts: list[str], max_length: int, device) -> np.ndarray:
