@@ -4,6 +4,12 @@ Each pick is the row whose Euclidean distance to its nearest selected row is lar
 nothing selected yet, the first pick is the row farthest from the pool mean. Memory is O(N) beyond the embeddings:
 a running vector of squared distances to the nearest selected row, updated with one matrix-vector product per pick,
 in chunks of rows so temporaries stay O(chunk x d). The reference code builds an N x N distance matrix instead.
+
+The rows are centred (the pool mean, summed in float64, is subtracted) before they are stored in float32 or
+bfloat16. Distances do not change, but `|x|^2 - 2 x.c + |c|^2` then no longer cancels a large common component
+(mean-pooled hidden states share one: median pairwise cosine ~0.8), so float32 gives the picks of exact
+farthest-first and bfloat16 storage stays close to them. After centring, the row farthest from the pool mean is
+the row with the largest norm.
 """
 
 from __future__ import annotations
@@ -49,15 +55,33 @@ def project(emb: np.ndarray, dim: int, how: str, seed: int) -> np.ndarray:
     return out
 
 
-class RowShard:
-    """Rows [offset, offset + n) of the pool on one device, with each row's squared distance to its nearest
-    selected row (the only O(N) state k-center needs). One process holds one shard, or the whole pool."""
+def float64_block_rows(d: int) -> int:
+    """Rows per float64 temporary block: about 128 MB whatever the width."""
+    return max(1, (1 << 24) // max(d, 1))
 
-    def __init__(self, emb, offset: int, device: torch.device, dtype: torch.dtype, chunk_rows: int):
+
+def column_sum_f64(emb) -> np.ndarray:
+    """Sum of the rows of `emb` in float64, a block at a time (emb may be a memmap)."""
+    total = np.zeros(emb.shape[1], dtype=np.float64)
+    chunk = float64_block_rows(emb.shape[1])
+    for s in range(0, len(emb), chunk):
+        total += np.asarray(emb[s : s + chunk], dtype=np.float64).sum(0)
+    return total
+
+
+class RowShard:
+    """Rows [offset, offset + n) of the pool on one device, minus `center`, with each row's squared distance to
+    its nearest selected row (the only O(N) state k-center needs). One process holds one shard, or the whole pool."""
+
+    def __init__(self, emb, offset: int, device: torch.device, dtype: torch.dtype, chunk_rows: int, center=None):
         n = len(emb)
         self.offset, self.n, self.device, self.dtype = offset, n, device, dtype
-        # a copy: emb may be a read-only memmap
-        self.data = torch.tensor(np.asarray(emb, dtype=np.float32)).to(device=device, dtype=dtype)
+        center = np.zeros(emb.shape[1]) if center is None else np.asarray(center, dtype=np.float64)
+        self.data = torch.empty(emb.shape, dtype=dtype, device=device)  # a copy: emb may be a read-only memmap
+        step = float64_block_rows(emb.shape[1])
+        for s in range(0, n, step):
+            block = (np.asarray(emb[s : s + step], dtype=np.float64) - center).astype(np.float32)
+            self.data[s : s + step] = torch.from_numpy(block).to(device=device, dtype=dtype)
         self.chunks = [(s, min(s + chunk_rows, n)) for s in range(0, n, chunk_rows)]
         self.sq_norm = torch.empty(n, dtype=torch.float32, device=device)
         for s, e in self.chunks:
@@ -88,12 +112,6 @@ class RowShard:
         out[mine] = self.data[global_ids[mine] - self.offset].float()
         return out
 
-    def column_sum(self) -> torch.Tensor:
-        total = torch.zeros(self.data.shape[1], dtype=torch.float32, device=self.device)
-        for s, e in self.chunks:
-            total += self.data[s:e].float().sum(0)
-        return total
-
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(largest min-distance, its global id); torch.argmax gives the lowest index among ties."""
         i = torch.argmax(self.min_dist)
@@ -109,15 +127,15 @@ def farthest_first(
     chunk_rows: int = 262144,
 ) -> np.ndarray:
     """The k-center loop over a (N, d) array in one process; returns `budget` ids in pick order."""
-    shard = RowShard(emb, 0, device, dtype, chunk_rows)
+    shard = RowShard(emb, 0, device, dtype, chunk_rows, center=column_sum_f64(emb) / len(emb))
     if len(already_selected):
         idx = torch.as_tensor(already_selected, device=device)
         for s in range(0, len(idx), 1024):
             shard.absorb(shard.data[idx[s : s + 1024]])
         shard.exclude(idx)
         first = None
-    else:
-        shard.absorb((shard.column_sum() / shard.n)[None, :])
+    else:  # the row farthest from the pool mean: the origin, now that the rows are centred
+        shard.absorb(torch.zeros((1, shard.data.shape[1]), device=device))
         first = shard.best()[1]
         shard.min_dist.fill_(float("inf"))
     picks = torch.empty(budget, dtype=torch.long, device=device)
@@ -142,12 +160,15 @@ def farthest_first_distributed(
 ) -> np.ndarray:
     """k-center with the pool split across the ranks of a torch.distributed group (rows [offset, offset + len)).
 
-    Every rank returns the same picks, equal to `farthest_first` on the whole pool. Per pick: one all-gather of
-    each rank's (max distance, id) and one all-reduce of the chosen row's vector (zeros on the other ranks).
+    Every rank returns the same picks, equal to `farthest_first` on the whole pool: the rows are centred by the
+    global mean (one all-reduce of the float64 column sums). Per pick: one all-gather of each rank's (max
+    distance, id) and one all-reduce of the chosen row's vector (zeros on the other ranks).
     """
     import torch.distributed as dist
 
-    shard = RowShard(shard_emb, offset, device, dtype, chunk_rows)
+    total = torch.from_numpy(column_sum_f64(shard_emb)).to(device)
+    dist.all_reduce(total, group=group)
+    shard = RowShard(shard_emb, offset, device, dtype, chunk_rows, center=total.cpu().numpy() / n_total)
     world = dist.get_world_size(group)
 
     def share_rows(ids: torch.Tensor) -> torch.Tensor:
@@ -170,10 +191,8 @@ def farthest_first_distributed(
             shard.absorb(share_rows(idx[s : s + 1024]))
         shard.exclude(idx)
         first = None
-    else:
-        total = shard.column_sum()
-        dist.all_reduce(total, group=group)
-        shard.absorb((total / n_total)[None, :])
+    else:  # the row farthest from the global mean: the origin, now that the rows are centred
+        shard.absorb(torch.zeros((1, shard.data.shape[1]), device=device))
         first = global_best()
         shard.min_dist.fill_(float("inf"))
     picks = []
