@@ -123,3 +123,41 @@ def test_the_other_rules_stay_available_and_carry_the_weights(update):
     assert second["weights"][2] > first["weights"][2]  # compounding
     _, shifted = one_round([101.0, 102.0, 103.0], update=update)
     np.testing.assert_allclose(shifted["weights"], first["weights"], rtol=1e-12)  # offset-invariant, unlike eq6
+
+
+# -- Eq. 7: the perplexity_gap scorer --------------------------------------------------------------------------
+def _answer_nll(model, tok, prompt: str, answer: str) -> float:
+    """Mean NLL of the answer tokens (+EOS) given the prompt, from the model's own masked LM loss."""
+    import torch
+
+    from diverse_axolotl.scoring.token_stats import encode_pair
+
+    ids, start = encode_pair(tok, prompt, answer, 128)
+    labels = torch.tensor([[-100] * start + ids[start:]])
+    with torch.no_grad():
+        return float(model(input_ids=torch.tensor([ids]), labels=labels).loss)
+
+
+def test_perplexity_gap_is_eq7_on_a_plain_forward_pass(tiny_model):
+    from conftest import alpaca_rows
+    from diverse_axolotl.data import prompt_and_response
+    from diverse_axolotl.evaluation import greedy_generate
+    from diverse_axolotl.models import load_model, load_tokenizer
+    from diverse_axolotl.scoring import get_scorer
+
+    model, tok = load_model(tiny_model, device="cpu"), load_tokenizer(tiny_model)
+    rows = alpaca_rows()[:4]
+    pairs = [prompt_and_response(r, "alpaca") for r in rows]
+    own = greedy_generate(model, tok, [p for p, _ in pairs], [8] * len(rows), 128)
+    # Eq. 7: -log(PPL(x + y_gen) / PPL(x + y_gold)) = log PPL(gold) - log PPL(gen), log PPL = mean NLL
+    expected = [
+        -np.log(np.exp(_answer_nll(model, tok, p, o)) / np.exp(_answer_nll(model, tok, p, g)))
+        for (p, g), o in zip(pairs, own)
+    ]
+    scorer = get_scorer("perplexity_gap", max_new_tokens=8)
+    got = scorer.score(model, tok, rows, "alpaca", max_length=128)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # the convention: a gold answer the model would give itself scores 0; real gold answers, less likely, score > 0
+    same = scorer.score(model, tok, [{**r, "output": o} for r, o in zip(rows, own)], "alpaca", max_length=128)
+    np.testing.assert_allclose(same, 0.0, atol=1e-5)
+    assert (got > 0).all()

@@ -34,7 +34,7 @@ def register_scorer(cls):
 
 
 def available_scorers() -> dict[str, type[Scorer]]:
-    from . import reward_gap, token_stats  # noqa: F401  (registers the built-ins)
+    from . import perplexity_gap, reward_gap, token_stats  # noqa: F401  (registers the built-ins)
 
     return dict(sorted(_SCORERS.items()))
 
