@@ -1,10 +1,11 @@
 """kMQ, the k-means-quality sampler of Diversify and Conquer (Yu et al.), as the paper states it.
 
 1. Cluster the whole pool with k-means (`n_clusters`, or the best of `k_candidates` by silhouette on a sample).
-2. Split the budget over the clusters in proportion to cluster size: `proportional_quotas` rounds with the largest
-   remainder method so the quotas sum exactly to the budget, caps each quota at the cluster's rows not yet selected
-   and hands what a small cluster cannot take to the other clusters, in proportion again, until the total is the
-   budget. (Cluster size counts the whole pool; with nothing selected yet this is the plain proportional split.)
+2. Split the budget over the clusters in proportion to cluster size, never more than a cluster's rows not yet
+   selected: `proportional_quotas` water-fills (a cluster that cannot take its share gives all its rows and the
+   others share the rest in proportion to their sizes) and rounds by the largest remainder, so the quotas sum
+   exactly to the budget and each is within one row of its exact capped proportional share. (Cluster size counts
+   the whole pool; with nothing selected yet this is the plain proportional split.)
 3. Inside each cluster draw its quota without replacement with probability proportional to
    softmax(score / temperature) over the cluster's unselected rows; uniformly when no scores are given. Sequential
    draws without replacement are done exactly with the Gumbel-top-k trick: the rows with the largest
@@ -48,12 +49,43 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
+def capped_shares(weights: np.ndarray, total: float, available: np.ndarray) -> np.ndarray:
+    """Water-filling: real shares min(available, lam * weight) summing to `total` (needs weights > 0 wherever
+    available > 0, and total <= available.sum()). Clusters are capped in order of available / weight; the
+    rest share what is left in proportion to their weights."""
+    shares = np.zeros(len(weights))
+    left, open_ = float(total), np.ones(len(weights), dtype=bool)
+    for i in np.argsort(available / weights, kind="stable"):  # the cluster that caps first comes first
+        fair = weights[i] / weights[open_].sum() * left
+        if fair < available[i]:
+            break
+        shares[i], left, open_[i] = available[i], left - available[i], False
+    shares[open_] = weights[open_] / weights[open_].sum() * left if open_.any() and left > 0 else 0.0
+    return shares
+
+
+def round_shares(shares: np.ndarray, total: int, available: np.ndarray) -> np.ndarray:
+    """Integers within one of `shares`, summing to `total`, none above `available`: floors, then one more row for
+    the largest fractional parts among the clusters with room (ties: lower index)."""
+    out = np.minimum(np.floor(shares + 1e-9).astype(np.int64), available)
+    left = total - int(out.sum())
+    if left >= 0:
+        frac = np.where(out < available, shares - out, -np.inf)
+        out[np.argsort(-frac, kind="stable")[:left]] += 1
+    else:  # a share a hair below an integer was floored up (float rounding): take those rows back
+        frac = np.where(out > 0, shares - out, np.inf)
+        out[np.argsort(frac, kind="stable")[:-left]] -= 1
+    return out
+
+
 def proportional_quotas(sizes: np.ndarray, budget: int, available: np.ndarray) -> np.ndarray:
     """Per-cluster quotas proportional to `sizes`, summing exactly to `budget`, none above `available`.
 
-    Largest-remainder rounding; a cluster whose quota exceeds its `available` rows gets all of them and the
-    shortfall is split over the clusters with room left, in proportion to their sizes, repeating until the quotas
-    sum to the budget. Clusters of size 0 only receive rows when the clusters with positive size are full.
+    Water-filling: the exact capped proportional share of cluster c is min(available_c, lam * size_c) with lam set
+    so the shares sum to the budget (a cluster that cannot take its share gives all its rows and the others
+    share the rest in proportion to their sizes). Each quota is that share rounded down or up (largest remainder,
+    ties to the lower cluster id), so every quota is within one row of it. Clusters of size 0 only receive rows
+    when the clusters with positive size are full; they then share the rest in proportion to their free rows.
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     available = np.asarray(available, dtype=np.int64)
@@ -63,17 +95,17 @@ def proportional_quotas(sizes: np.ndarray, budget: int, available: np.ndarray) -
         raise ValueError("sizes and available must be >= 0")
     if budget > available.sum():
         raise ValueError(f"budget {budget} exceeds the {available.sum()} available rows")
-    quotas = np.zeros(len(sizes), dtype=np.int64)
-    remaining = int(budget)
-    while remaining > 0:
-        room = available - quotas
-        weights = np.where(room > 0, sizes, 0.0)
-        if weights.sum() <= 0:  # only zero-size clusters have room: fill them by their room
-            weights = room.astype(np.float64)
-        give = np.minimum(largest_remainder(weights, remaining), room)
-        quotas += give
-        remaining -= int(give.sum())
-    return quotas
+    budget = int(budget)
+    positive = (sizes > 0) & (available > 0)
+    room_positive = int(available[positive].sum())
+    shares = np.zeros(len(sizes))
+    if budget <= room_positive:
+        shares[positive] = capped_shares(sizes[positive], budget, available[positive])
+    else:  # every cluster with positive size gives all its rows; the zero-size ones share the rest
+        shares[positive] = available[positive]
+        rest = ~positive & (available > 0)
+        shares[rest] = capped_shares(available[rest].astype(np.float64), budget - room_positive, available[rest])
+    return round_shares(shares, budget, available)
 
 
 def top_keys_per_cluster(assignment: np.ndarray, keys: np.ndarray, quotas: np.ndarray, eligible=None) -> np.ndarray:
