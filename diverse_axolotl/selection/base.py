@@ -6,7 +6,9 @@ possibly many times, for `budget` new row ids given the rows already chosen:
     picks = selector.select(embeddings, budget, already_selected=(), scores=None, seed=0)
 
 `select` validates the arrays and hands clean inputs to `_select`, which subclasses implement as a pure function
-of its arguments (no hidden state, so the same inputs and seed always give the same picks).
+of its arguments (no hidden state, so the same inputs and seed always give the same picks). After a call,
+`selector.last_info` holds what that call wants recorded (e.g. the k-means objective under "kmeans"; `{}` when
+nothing): it is output only and never read back.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Selector:
 
     def __init__(self, **params):
         self.params = parse_params(self.name, self.Params, params)
+        self.last_info: dict = {}  # diagnostics of the latest `select` call, for the round's manifest
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
@@ -60,6 +63,7 @@ class Selector:
         if self.scores == "required" and scores is None:
             raise UserError(f"selector '{self.name}' needs per-row scores: set a scorer in the recipe")
         score_arr = check_scores(scores, n) if scores is not None else None
+        self.last_info = {}
         if budget == 0:
             return np.empty(0, dtype=np.int64)
         picks = np.asarray(self._select(emb if emb is not None else embeddings, budget, chosen, score_arr, int(seed)), dtype=np.int64)
@@ -128,8 +132,15 @@ def check_scores(scores, n: int) -> np.ndarray:
 
 
 def check_already_selected(already_selected, n: int) -> np.ndarray:
+    """Integer row ids, in range and distinct. Floats and boolean masks are refused rather than read as ids
+    (a cast would truncate 1.7 to 1, and a mask's True/False would become ids 1/0)."""
     chosen = np.asarray(list(already_selected) if not isinstance(already_selected, np.ndarray) else already_selected)
-    chosen = chosen.astype(np.int64, copy=False).ravel()
+    chosen = chosen.ravel()
+    if chosen.dtype == np.bool_:
+        raise UserError("already_selected must hold row ids, not a boolean mask: pass np.flatnonzero(mask)")
+    if len(chosen) and not np.issubdtype(chosen.dtype, np.integer):
+        raise UserError(f"already_selected must hold integer row ids, got {chosen.dtype} values such as {chosen[0]!r}")
+    chosen = chosen.astype(np.int64, copy=False)
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= n):
         raise UserError(f"already_selected holds ids outside the pool of {n} rows")
     if len(np.unique(chosen)) != len(chosen):
