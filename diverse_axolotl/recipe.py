@@ -71,7 +71,12 @@ class SelectionSpec(Strict):
     pool: PoolSpec
     selector: SelectorSpec
     scorer: Optional[ScorerSpec] = None
-    seed_size: int = Field(gt=0, description="round 0 trains on this many random rows")
+    seed_size: int = Field(gt=0, description="round 0 trains on this many rows (chosen as `round0` says)")
+    round0: Literal["random", "base"] = Field(
+        "random",
+        description="random: round 0 is seed_size uniformly random rows; base: the recipe's selector chooses them on"
+        " the base model's embeddings (no adapter, nothing trained before it)",
+    )
     per_round: int = Field(gt=0, description="rows added by the selector each round")
     rounds: int = Field(ge=0, description="selection rounds after round 0 (rounds + 1 trainings in all)")
     retrain_from_base: bool = Field(True, description="DiverseEvol: train each round from the base model")
@@ -116,9 +121,13 @@ class Recipe(BaseModel):
     @functools.cached_property
     def hash(self) -> str:
         """Hash of what decides the run's results: the pool by content (not by where it lies), our block, and
-        Axolotl's keys."""
+        Axolotl's keys. Selector and scorer enter with their validated parameters, defaults filled in, so writing
+        a default out (`{name: kcenter, device: auto}`) is the same run as leaving it out."""
         selection = self.selection.model_dump(mode="json")
         selection["pool"]["path"] = self.pool_sha256
+        selection["selector"] = filled_params("selector", self.selection.selector)
+        if self.selection.scorer is not None:
+            selection["scorer"] = filled_params("scorer", self.selection.scorer)
         for key in ("cache", "cache_dir"):  # where embeddings are cached does not change any result
             selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}
@@ -136,6 +145,19 @@ class Recipe(BaseModel):
         if self.eval is not None:
             out["eval"] = self.eval.model_dump(mode="json", exclude_none=True)
         return out
+
+
+def filled_params(kind: str, spec) -> dict[str, Any]:
+    """`{name, every parameter}` of a selector or scorer block after validation, defaults filled in."""
+    if kind == "selector":
+        from .selection import get_selector
+
+        params = get_selector(spec.name, **spec.params).params
+    else:
+        from .scoring import get_scorer
+
+        params = get_scorer(spec.name, **spec.params).params
+    return {"name": spec.name, **params.model_dump(mode="json")}
 
 
 def _resolve(base: Path, value) -> Path:
@@ -268,6 +290,12 @@ def check_recipe(recipe: Recipe) -> None:
     if not sel.pool.path.is_file():
         raise UserError(f"{recipe.path}: selection.pool.path: no such file {sel.pool.path}")
     base_model = recipe.axolotl["base_model"]
+    if not Path(str(base_model)).is_absolute():  # not resolved by load_recipe: no such folder next to the recipe
+        raise UserError(
+            f"{recipe.path}: base_model: no local model folder '{base_model}' (looked in {recipe.path.parent});"
+            " models are never downloaded: set base_model to a folder holding config.json and the tokenizer"
+            " (for the demo model run `diverse-axolotl prepare-model`)"
+        )
     if str(base_model).startswith("/"):
         folder = Path(base_model)
         if not folder.is_dir():

@@ -1,0 +1,60 @@
+"""The recipe hash names the run, not its spelling; a base_model that is no local folder fails at `validate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from diverse_axolotl.cli import main
+from diverse_axolotl.errors import UserError
+from diverse_axolotl.recipe import load_recipe
+
+
+def recipe_file(folder, model, selector=None, scorer=None, name="recipe.yaml", **selection):
+    (folder / "pool.json").write_text(json.dumps([{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)]))
+    block = {"pool": {"path": "pool.json"}, "selector": selector or {"name": "kcenter"}, "seed_size": 4,
+             "per_round": 4, "rounds": 1, **selection}
+    if scorer is not None:
+        block["scorer"] = scorer
+    path = folder / name
+    path.write_text(yaml.safe_dump({"base_model": str(model), "adapter": "lora", "selection": block, "output_dir": "run"}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "short, explicit",
+    [
+        ({"name": "kcenter"}, {"name": "kcenter", "device": "auto"}),
+        ({"name": "iterative_kmq"}, {"name": "iterative_kmq", "n_clusters": 64, "update": "eq6", "niter": 20}),
+    ],
+)
+def test_writing_a_default_out_is_the_same_run(tmp_path, tiny_model, short, explicit):
+    a = load_recipe(recipe_file(tmp_path, tiny_model, short, name="a.yaml"))
+    b = load_recipe(recipe_file(tmp_path, tiny_model, explicit, name="b.yaml"))
+    assert a.hash == b.hash
+
+
+def test_scorer_defaults_and_real_changes(tmp_path, tiny_model):
+    sel = {"name": "iterative_kmq"}
+    a = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity"}, name="a.yaml"))
+    b = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity", "batch_tokens": 16384}, name="b.yaml"))
+    c = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity", "batch_tokens": 8192}, name="c.yaml"))
+    d = load_recipe(recipe_file(tmp_path, tiny_model, {"name": "kcenter", "device": "cpu"}, name="d.yaml"))
+    e = load_recipe(recipe_file(tmp_path, tiny_model, name="e.yaml"))
+    assert a.hash == b.hash != c.hash
+    assert d.hash != e.hash  # a non-default value is a different run
+
+
+@pytest.mark.parametrize("hub_id", ["HuggingFaceTB/SmolLM2-135M-Instruct", "gpt2"])
+def test_a_hub_id_as_base_model_fails_at_validate_in_one_line(tmp_path, hub_id):
+    path = recipe_file(tmp_path, hub_id)
+    with pytest.raises(UserError, match="no local model folder"):
+        load_recipe(path)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"base_model: no local model folder '{hub_id}'" in lines[0] and "never downloaded" in lines[0]
