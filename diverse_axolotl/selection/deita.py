@@ -5,7 +5,9 @@ kept only if its cosine similarity to every kept row, the already selected rows 
 the scan stops once `budget` rows are kept. When the whole pool has been scanned with fewer rows kept, it is a
 UserError: the threshold is too strict for this pool and budget.
 
-Rows are L2-normalised once (an all-zero row has cosine 0 with everything). Kept vectors grow in one
+Rows are L2-normalised once. An all-zero row has no direction; here all-zero rows are identical to each other
+(cosine 1) and orthogonal to every non-zero row (cosine 0), so at most one of them is kept. This is done with
+one extra column, 1 for all-zero rows and 0 otherwise, next to the unit vectors. Kept vectors grow in one
 preallocated torch matrix. Candidates are screened a block at a time against the rows kept before the block
 (one matrix product), and the survivors then one by one against the rows kept inside the block (one
 matrix-vector product each), which gives exactly the sequential rule.
@@ -35,11 +37,14 @@ class DeitaParams(BaseModel):
 
 
 def normalise(emb, device: torch.device, chunk: int = 65536) -> torch.Tensor:
-    """Row-wise L2-normalised float32 copy of `emb` on `device`."""
-    out = torch.empty(emb.shape, dtype=torch.float32, device=device)
+    """(n, d + 1) float32 on `device`: each non-zero row divided by its L2 norm, then 0; an all-zero row is zeros
+    then 1. Dot products are cosines, with zero rows at cosine 1 to each other and 0 to non-zero rows."""
+    out = torch.zeros((len(emb), emb.shape[1] + 1), dtype=torch.float32, device=device)
     for s in range(0, len(emb), chunk):
         block = torch.as_tensor(np.asarray(emb[s : s + chunk], dtype=np.float32)).to(device)
-        out[s : s + chunk] = block / block.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        norm = block.norm(dim=1, keepdim=True)
+        out[s : s + chunk, :-1] = block / torch.where(norm > 0, norm, torch.ones_like(norm))
+        out[s : s + chunk, -1] = (norm[:, 0] == 0).float()
     return out
 
 

@@ -2,10 +2,13 @@
 
     f(S) = (1 - alpha) * sum_i max_{j in S} sim(i, j)  +  alpha * sum_{j in S} quality(j)
 
-with sim(i, j) = (cos(i, j) + 1) / 2 in [0, 1] and quality = the scores min-max normalised to [0, 1] (all 0 without
+with sim(i, j) = (cos(i, j) + 1) / 2 in [0, 1] between non-zero rows and quality = the scores min-max normalised to [0, 1] (all 0 without
 scores, or when they are all equal). i runs over every pool row, or over a seeded random subsample of
 `sample_rows` rows to bound the cost on large pools. The already selected rows start in S; the max over an
-empty S is 0. Each pick is the row with the largest marginal gain (ties: lowest row id).
+empty S is 0. Each pick is the row with the largest marginal gain (ties: lowest row id). An all-zero row has no
+direction: it has similarity 1 to every all-zero row (itself included) and 0, the bottom of the scale, to every
+non-zero row, so one zero row covers all of them and nothing else covers them. `similarity_vectors` builds
+vectors whose dot products are exactly these similarities, so every similarity is one matrix product.
 
 f is monotone submodular, so a gain computed earlier is an upper bound on the gain now. `lazy=True` keeps those
 stale bounds in a priority queue and only recomputes the gains of the candidates that reach the top; a candidate
@@ -42,6 +45,14 @@ class QDITParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where similarities are computed")
 
 
+def similarity_vectors(emb, device: torch.device) -> torch.Tensor:
+    """(n, d + 2) rows whose dot products are the similarities: [u / sqrt 2, 1 / sqrt 2, 0] for a non-zero row with
+    unit vector u ((cos + 1) / 2 between two of them), [0, ..., 0, 1] for an all-zero row."""
+    unit = normalise(emb, device)  # last column: 1 for all-zero rows
+    zero = unit[:, -1:]
+    return torch.cat([unit[:, :-1] * 0.5**0.5, (1 - zero) * 0.5**0.5, zero], dim=1)
+
+
 def normalised_quality(scores, n: int) -> np.ndarray:
     if scores is None:
         return np.zeros(n)
@@ -52,16 +63,16 @@ def normalised_quality(scores, n: int) -> np.ndarray:
 class Gains:
     """Marginal gains of candidate blocks given the current coverage; identical arithmetic for every caller."""
 
-    def __init__(self, unit: torch.Tensor, rows: torch.Tensor, quality: np.ndarray, alpha: float, block: int):
-        self.unit, self.ref = unit, unit[rows]  # candidates, and the rows whose coverage is measured
-        self.quality = torch.as_tensor(quality, dtype=torch.float32, device=unit.device)
+    def __init__(self, vectors: torch.Tensor, rows: torch.Tensor, quality: np.ndarray, alpha: float, block: int):
+        self.vectors, self.ref = vectors, vectors[rows]  # candidates, and the rows whose coverage is measured
+        self.quality = torch.as_tensor(quality, dtype=torch.float32, device=vectors.device)
         self.alpha, self.block = alpha, block
-        self.cover = torch.zeros(len(rows), dtype=torch.float32, device=unit.device)  # max sim to S, per ref row
+        self.cover = torch.zeros(len(rows), dtype=torch.float32, device=vectors.device)  # max sim to S, per ref row
 
     def sims(self, b: int) -> torch.Tensor:
         """(block, refs) similarities of block b's candidates, always computed with the same shapes."""
         s = b * self.block
-        return (self.unit[s : s + self.block] @ self.ref.T + 1.0) * 0.5
+        return self.vectors[s : s + self.block] @ self.ref.T
 
     def block_gains(self, b: int) -> np.ndarray:
         gain = (self.sims(b) - self.cover).clamp_(min=0).sum(1)
@@ -72,8 +83,8 @@ class Gains:
         """Put rows `ids` into S: coverage <- max(coverage, their similarities)."""
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
         for s in range(0, len(ids), self.block):
-            chunk = torch.as_tensor(ids[s : s + self.block], device=self.unit.device)
-            sims = ((self.unit[chunk] @ self.ref.T + 1.0) * 0.5).amax(0)
+            chunk = torch.as_tensor(ids[s : s + self.block], device=self.vectors.device)
+            sims = (self.vectors[chunk] @ self.ref.T).amax(0)
             torch.maximum(self.cover, sims, out=self.cover)
 
 
@@ -133,12 +144,12 @@ class QDITSelector(Selector):
         p = self.params
         n = len(embeddings)
         device = resolve_device(p.device)
-        unit = normalise(embeddings, device)
+        vectors = similarity_vectors(embeddings, device)
         if p.sample_rows is not None and p.sample_rows < n:
             rows = np.sort(np.random.default_rng(seed).choice(n, size=p.sample_rows, replace=False))
         else:
             rows = np.arange(n)
-        g = Gains(unit, torch.as_tensor(rows, device=device), normalised_quality(scores, n), p.alpha, p.block_rows)
+        g = Gains(vectors, torch.as_tensor(rows, device=device), normalised_quality(scores, n), p.alpha, p.block_rows)
         g.add(already_selected)
         eligible = np.ones(n, dtype=bool)
         eligible[already_selected] = False
