@@ -32,10 +32,17 @@ def cosine(x):
 
 # -- kmeans_closest / kmeans_random -----------------------------------------------------------------------------
 def test_kmeans_helper_matches_direct_faiss_call():
+    from diverse_axolotl.selection.kmeans import kmeans_plus_plus
+
     x = gaussian(300, 6)
-    cent, assign = kmeans(x, 7, seed=3)
+    cent, assign, _ = kmeans(x, 7, seed=3, init="random")  # faiss's own random initialisation
     km = faiss.Kmeans(6, 7, niter=20, nredo=1, seed=3, max_points_per_centroid=256, verbose=False)
     km.train(x)
+    np.testing.assert_array_equal(cent, km.centroids)
+    np.testing.assert_array_equal(assign, km.index.search(x, 1)[1].ravel())
+    cent, assign, _ = kmeans(x, 7, seed=3)  # default: faiss started from k-means++ seeds drawn with default_rng(seed)
+    km = faiss.Kmeans(6, 7, niter=20, nredo=1, seed=3, max_points_per_centroid=256, verbose=False)
+    km.train(x, init_centroids=x[kmeans_plus_plus(x, 7, np.random.default_rng(3))])
     np.testing.assert_array_equal(cent, km.centroids)
     np.testing.assert_array_equal(assign, km.index.search(x, 1)[1].ravel())
 
@@ -44,7 +51,7 @@ def test_kmeans_closest_returns_row_nearest_each_centroid_largest_cluster_first(
     x = gaussian(200, 8, seed=1)
     already = np.arange(0, 200, 9)
     budget, seed = 12, 5
-    picks = get_selector("kmeans_closest").select(x, budget, already_selected=already, seed=seed)
+    picks = get_selector("kmeans_closest", init="random").select(x, budget, already_selected=already, seed=seed)
 
     avail = np.setdiff1d(np.arange(200), already)
     sub = np.ascontiguousarray(x[avail])
@@ -68,7 +75,7 @@ def test_nearest_unused_gives_shared_nearest_row_to_first_centroid():
 def test_kmeans_random_quota_per_cluster():
     x = gaussian(150, 4, seed=2)
     picks = get_selector("kmeans_random", n_clusters=5).select(x, 20, seed=4)
-    _, assign = kmeans(x, 5, seed=4)
+    assign = kmeans(x, 5, seed=4).assignment
     sizes = np.bincount(assign, minlength=5)
     np.testing.assert_array_equal(np.bincount(assign[picks], minlength=5), proportional_quotas(sizes, 20, sizes))
 
@@ -105,7 +112,7 @@ def test_kmq_counts_follow_proportional_split_even_when_a_cluster_runs_dry():
     already = np.flatnonzero(label == 3)[:8]  # the small cluster has 2 rows left
     p = dict(n_clusters=4, nredo=3)
     picks = get_selector("kmq", **p).select(x, 60, already_selected=already, seed=7)
-    _, assign = kmeans(x, 4, seed=7, nredo=3)
+    assign = kmeans(x, 4, seed=7, nredo=3).assignment
     assert len(np.unique(np.stack([assign, label]), axis=1).T) == 4  # k-means found the blobs
     eligible = np.ones(len(x), bool)
     eligible[already] = False
@@ -120,7 +127,7 @@ def test_kmq_low_temperature_takes_top_scores_per_cluster():
     x, label = blobs([40, 30, 20], seed=3)
     scores = np.random.default_rng(1).standard_normal(len(x))
     picks = get_selector("kmq", n_clusters=3, temperature=1e-6).select(x, 18, scores=scores, seed=2)
-    _, assign = kmeans(x, 3, seed=2)
+    assign = kmeans(x, 3, seed=2).assignment
     for c in range(3):
         members = np.flatnonzero(assign == c)
         got = np.sort(picks[assign[picks] == c])
@@ -135,7 +142,7 @@ def test_kmq_k_candidates_picks_true_cluster_count():
     assert len(np.unique(picks)) == 30
     from diverse_axolotl.selection.kmq import choose_k
 
-    k, _, sil = choose_k(x, [2, 3, 6], 0, 2000, sel.params)
+    k, _, sil, _ = choose_k(x, [2, 3, 6], 0, 2000, sel.params)
     assert k == 3 and sil[3] > sil[2] and sil[3] > sil[6]
 
 

@@ -1,7 +1,10 @@
 """k-means with faiss, shared by the clustering selectors, and two plain k-means selectors.
 
 `kmeans(emb, k, seed, ...)` is the one place the package calls `faiss.Kmeans`: float32 contiguous input, a fixed
-seed, the GPU when faiss sees one. Selectors built on it:
+seed, the GPU when faiss sees one. By default its initial centroids are k-means++ seeds drawn on the training
+rows (faiss alone starts from random rows, and with one run can split a big cluster and merge two small ones);
+`nredo` runs keep the lowest objective, which it returns and the selectors record in `last_info["kmeans"]`.
+Selectors built on it:
 
 * `kmeans_closest`: k = budget clusters over the rows not yet selected; the pick of each cluster is the row nearest
   its centroid. Picks come in order of cluster size, largest first (ties: lower cluster id first). When two
@@ -9,13 +12,13 @@ seed, the GPU when faiss sees one. Selectors built on it:
   its next nearest unused row.
 * `kmeans_random`: `n_clusters` clusters (default: the budget) over the rows not yet selected, then uniform random
   rows inside each cluster, with per-cluster quotas proportional to cluster size (largest-remainder rounding,
-  `kmq.proportional_quotas`). Picks come round-robin over the clusters (every cluster's first pick, then every
+  `kmq.proportional_quotas`, no cluster capped since every cluster is all unselected rows). Picks come round-robin over the clusters (every cluster's first pick, then every
   cluster's second, ...).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, NamedTuple, Optional
 
 import faiss
 import numpy as np
@@ -25,6 +28,39 @@ from .base import Selector
 from .registry import register
 
 
+class KMeansResult(NamedTuple):
+    centroids: np.ndarray  # (k, d) float32
+    assignment: np.ndarray  # (n,) int64: each row's nearest centroid
+    objective: float  # sum over all n rows of the squared distance to the nearest centroid
+
+
+def kmeans_plus_plus(x, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Row ids of `k` k-means++ seeds (Arthur and Vassilvitskii, 2007): the first uniform, each next drawn with
+    probability proportional to its squared distance to the nearest seed so far. Distances are computed on rows
+    centred by their float64 mean (no cancellation from a shared component); one matrix-vector product per seed."""
+    x = np.asarray(x, dtype=np.float64)
+    x = (x - x.mean(0)).astype(np.float32)
+    sq_norm = np.einsum("ij,ij->i", x, x)
+    seeds = np.empty(k, dtype=np.int64)
+    nearest = np.full(len(x), np.inf, dtype=np.float32)
+    for i in range(k):
+        if i == 0:
+            j = int(rng.integers(len(x)))
+        else:
+            cumulative = np.cumsum(nearest, dtype=np.float64)
+            if cumulative[-1] > 0:
+                j = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+                j = min(j, int(np.flatnonzero(nearest > 0)[-1]))
+            else:  # every row coincides with a seed: take an unused row uniformly
+                unused = np.setdiff1d(np.arange(len(x)), seeds[:i])
+                j = int(unused[rng.integers(len(unused))])
+        seeds[i] = j
+        dist = np.maximum(sq_norm - 2 * (x @ x[j]) + sq_norm[j], 0)
+        np.minimum(nearest, dist, out=nearest)
+        nearest[seeds[: i + 1]] = 0
+    return seeds
+
+
 def kmeans(
     emb,
     k: int,
@@ -32,19 +68,19 @@ def kmeans(
     niter: int = 20,
     nredo: int = 1,
     max_points_per_centroid: int = 256,
-    spherical: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means with faiss: returns (centroids (k, d) float32, assignment (n,) int64).
+    init: str = "kmeans++",
+) -> KMeansResult:
+    """Lloyd's k-means with faiss: (centroids (k, d) float32, assignment (n,) int64, objective).
 
-    `emb` is copied to float32 C-contiguous when it is not already. Training is seeded (`seed`, reduced modulo
-    2**31) and runs on every GPU faiss can see, else on the CPU.
+    `emb` is copied to float32 C-contiguous when it is not already. Training runs on every GPU faiss can see,
+    else on the CPU. Training uses at most k * max_points_per_centroid rows (a random subsample, seeded, when the
+    input has more rows); every row is then assigned to its nearest centroid.
 
-    Note that faiss trains on a random subsample of k * max_points_per_centroid rows when the input has more rows
-    than that (256 points per centroid by default); every row is still assigned to its nearest centroid afterwards.
-    Pass a larger `max_points_per_centroid` to train on more rows.
-
-    With `spherical=True` the centroids are L2-normalised after each iteration and rows are assigned by largest
-    inner product; normalise `emb` yourself beforehand for cosine k-means.
+    `init="kmeans++"` (default): the initial centroids are k-means++ seeds drawn on the training rows (numpy,
+    `default_rng(seed)`) and handed to faiss. `init="random"`: faiss's own initialisation (k distinct random
+    training rows, faiss seed = `seed` mod 2**31), which can split a big cluster and merge two small ones.
+    `nredo` runs are made (new seeds each) and the one with the lowest objective is kept. The objective is the sum
+    over ALL rows (not only the training rows) of the squared distance to their centroid.
     """
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if x.ndim != 2:
@@ -52,21 +88,58 @@ def kmeans(
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"kmeans: k={k} must be between 1 and the number of rows ({n})")
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"kmeans: init must be 'kmeans++' or 'random', got {init!r}")
+    rng = np.random.default_rng(seed)
+    best = None
+    for redo in range(int(nredo)):
+        if init == "random":
+            result = _faiss_kmeans(x, k, seed + redo, niter, max_points_per_centroid, None)
+        else:
+            cap = k * int(max_points_per_centroid)
+            train = x if n <= cap else x[np.sort(rng.choice(n, size=cap, replace=False))]
+            result = _faiss_kmeans(x, k, seed + redo, niter, max_points_per_centroid, train, kmeans_plus_plus(train, k, rng))
+        if best is None or result.objective < best.objective:
+            best = result
+    return best
+
+
+def _faiss_kmeans(x, k, seed, niter, max_points_per_centroid, train, init_ids=None) -> KMeansResult:
+    """One faiss k-means run: on `train` from its rows `init_ids` when given, else on `x` with faiss's random
+    initialisation; then every row of `x` is assigned to its nearest centroid."""
     options = dict(
         niter=int(niter),
-        nredo=int(nredo),
+        nredo=1,
         seed=int(seed) % (2**31),
         max_points_per_centroid=int(max_points_per_centroid),
         min_points_per_centroid=1,  # only silences faiss' "too few points" warning; it never changes the result
-        spherical=bool(spherical),
         verbose=False,
     )
     if faiss.get_num_gpus() > 0:
         options["gpu"] = True
-    km = faiss.Kmeans(d, int(k), **options)
-    km.train(x)
+    km = faiss.Kmeans(x.shape[1], int(k), **options)
+    if init_ids is None:
+        km.train(x)
+    else:
+        km.train(train, init_centroids=np.ascontiguousarray(train[init_ids]))
     _, assignment = km.index.search(x, 1)  # after training the index holds exactly the k centroids
-    return np.asarray(km.centroids, dtype=np.float32), assignment.ravel().astype(np.int64)
+    centroids, assignment = np.asarray(km.centroids, dtype=np.float32), assignment.ravel().astype(np.int64)
+    return KMeansResult(centroids, assignment, squared_error(x, centroids, assignment))
+
+
+def squared_error(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray, chunk: int = 65536) -> float:
+    """Sum of squared distances of the rows to their centroids, from differences in float64 (faiss's own distances
+    are |x|^2 - 2 x.c + |c|^2 in float32, which cancels when the rows are far from the origin)."""
+    total = 0.0
+    for s in range(0, len(x), chunk):
+        diff = x[s : s + chunk].astype(np.float64) - centroids[assignment[s : s + chunk]]
+        total += float(np.einsum("ij,ij->", diff, diff))
+    return total
+
+
+def kmeans_info(k: int, objective: float, knobs) -> dict:
+    """What a selector records about its clustering (for the round's manifest)."""
+    return {"k": int(k), "objective": float(objective), "init": getattr(knobs, "init", "kmeans++"), "nredo": knobs.nredo}
 
 
 def available_rows(n: int, already_selected: np.ndarray) -> np.ndarray:
@@ -80,6 +153,9 @@ class KMeansKnobs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     niter: int = Field(20, gt=0, description="k-means iterations")
     nredo: int = Field(1, gt=0, description="k-means restarts (the clustering with the lowest objective is kept)")
+    init: Literal["kmeans++", "random"] = Field(
+        "kmeans++", description="initial centroids: k-means++ seeds on the training rows, or faiss's random rows"
+    )
     max_points_per_centroid: int = Field(
         256, gt=0, description="faiss trains on at most k x this many rows (a random subsample); all rows are assigned"
     )
@@ -125,7 +201,8 @@ class KMeansClosestSelector(Selector):
         p = self.params
         avail = available_rows(len(embeddings), already_selected)
         x = np.ascontiguousarray(np.asarray(embeddings)[avail], dtype=np.float32)
-        centroids, assignment = kmeans(x, budget, seed, p.niter, p.nredo, p.max_points_per_centroid)
+        centroids, assignment, objective = kmeans(x, budget, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init)
+        self.last_info = {"kmeans": kmeans_info(budget, objective, p)}
         sizes = np.bincount(assignment, minlength=budget)
         order = np.argsort(-sizes, kind="stable")
         return avail[nearest_unused(x, centroids[order])]
@@ -144,7 +221,8 @@ class KMeansRandomSelector(Selector):
         avail = available_rows(len(embeddings), already_selected)
         k = min(p.n_clusters or budget, len(avail))
         x = np.asarray(embeddings)[avail]
-        _, assignment = kmeans(x, k, seed, p.niter, p.nredo, p.max_points_per_centroid)
+        _, assignment, objective = kmeans(x, k, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init)
+        self.last_info = {"kmeans": kmeans_info(k, objective, p)}
         sizes = np.bincount(assignment, minlength=k)
         quotas = proportional_quotas(sizes, budget, sizes)
         keys = np.random.default_rng(seed).gumbel(size=len(avail))  # uniform order inside each cluster

@@ -1,6 +1,7 @@
 """kMQ, the k-means-quality sampler of Diversify and Conquer (Yu et al.), as the paper states it.
 
-1. Cluster the whole pool with k-means (`n_clusters`, or the best of `k_candidates` by silhouette on a sample).
+1. Cluster the whole pool with k-means (`n_clusters`, or the best of `k_candidates` by silhouette on a sample),
+   started from k-means++ seeds (`kmeans.kmeans`); the objective goes to `last_info["kmeans"]`.
 2. Split the budget over the clusters in proportion to cluster size, never more than a cluster's rows not yet
    selected: `proportional_quotas` water-fills (a cluster that cannot take its share gives all its rows and the
    others share the rest in proportion to their sizes) and rounds by the largest remainder, so the quotas sum
@@ -23,7 +24,7 @@ import torch
 from pydantic import Field
 
 from .base import Selector
-from .kmeans import KMeansKnobs, kmeans
+from .kmeans import KMeansKnobs, kmeans, kmeans_info
 from .registry import register
 
 
@@ -146,8 +147,15 @@ def silhouette(x: torch.Tensor, labels: np.ndarray) -> float:
     return float(s.mean())
 
 
-def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[int, np.ndarray, dict]:
-    """The candidate k whose clustering of `x` has the best silhouette on a seeded sample of rows (ties: smaller k)."""
+def run_kmeans(x, k: int, seed: int, knobs):
+    """`kmeans` with a selector's knobs (`init` defaults to k-means++ for params models without the field)."""
+    init = getattr(knobs, "init", "kmeans++")
+    return kmeans(x, k, seed, knobs.niter, knobs.nredo, knobs.max_points_per_centroid, init)
+
+
+def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[int, np.ndarray, dict, float]:
+    """The candidate k whose clustering of `x` has the best silhouette on a seeded sample of rows (ties: smaller k);
+    returns k, its assignment, every candidate's silhouette and the chosen clustering's k-means objective."""
     n = len(x)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
@@ -155,21 +163,27 @@ def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[
     best = None
     scores = {}
     for k in sorted({min(int(c), n) for c in candidates}):
-        _, assignment = kmeans(x, k, seed, knobs.niter, knobs.nredo, knobs.max_points_per_centroid)
-        scores[k] = silhouette(xs, assignment[rows])
+        result = run_kmeans(x, k, seed, knobs)
+        scores[k] = silhouette(xs, result.assignment[rows])
         if best is None or scores[k] > scores[best[0]]:
-            best = (k, assignment)
-    return best[0], best[1], scores
+            best = (k, result)
+    return best[0], best[1].assignment, scores, best[1].objective
 
 
-def cluster_pool(emb, seed: int, p) -> tuple[int, np.ndarray]:
-    """k and the k-means assignment of every pool row, with k from `n_clusters` or chosen among `k_candidates`."""
+def cluster_pool(emb, seed: int, p, info: Optional[dict] = None) -> tuple[int, np.ndarray]:
+    """k and the k-means assignment of every pool row, with k from `n_clusters` or chosen among `k_candidates`.
+    When `info` is a dict, the k-means objective (and the silhouettes, when k was chosen) are written into it."""
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if getattr(p, "k_candidates", None):
-        k, assignment, _ = choose_k(x, p.k_candidates, seed, p.silhouette_sample, p)
-        return k, assignment
-    k = min(p.n_clusters, len(x))
-    return k, kmeans(x, k, seed, p.niter, p.nredo, p.max_points_per_centroid)[1]
+        k, assignment, silhouettes, objective = choose_k(x, p.k_candidates, seed, p.silhouette_sample, p)
+        extra = {"silhouettes": {str(c): s for c, s in silhouettes.items()}}
+    else:
+        k = min(p.n_clusters, len(x))
+        _, assignment, objective = run_kmeans(x, k, seed, p)
+        extra = {}
+    if info is not None:
+        info.update(kmeans_info(k, objective, p), **extra)
+    return k, assignment
 
 
 # -- the selector ---------------------------------------------------------------------------------------------
@@ -192,7 +206,9 @@ class KMQSelector(Selector):
     def _select(self, embeddings, budget, already_selected, scores, seed):
         p = self.params
         n = len(embeddings)
-        k, assignment = cluster_pool(embeddings, seed, p)
+        info: dict = {}
+        k, assignment = cluster_pool(embeddings, seed, p, info)
+        self.last_info = {"kmeans": info}
         eligible = np.ones(n, dtype=bool)
         eligible[already_selected] = False
         sizes = np.bincount(assignment, minlength=k)
