@@ -41,12 +41,13 @@ def test_perplexity_is_exp_of_the_masked_lm_loss(model_and_tok):
 
 def test_uncertainty_scores_match_the_token_distributions(model_and_tok):
     model, tok = model_and_tok
-    got = {name: get_scorer(name).score(model, tok, ROWS, "alpaca", max_length=128) for name in ("least_confidence", "margin", "entropy")}
+    names = ("least_confidence_prob", "margin_prob", "entropy")
+    got = {name: get_scorer(name).score(model, tok, ROWS, "alpaca", max_length=128) for name in names}
     for i, row in enumerate(ROWS):
         probs, _ = manual_token_probs(model, *encode_pair(tok, *prompt_and_response(row, "alpaca"), 128))
         top = probs.topk(2, dim=-1).values
-        assert got["least_confidence"][i] == pytest.approx(float((1 - top[:, 0]).mean()), rel=1e-4)
-        assert got["margin"][i] == pytest.approx(float((1 - (top[:, 0] - top[:, 1])).mean()), rel=1e-4)
+        assert got["least_confidence_prob"][i] == pytest.approx(float((1 - top[:, 0]).mean()), rel=1e-4)
+        assert got["margin_prob"][i] == pytest.approx(float((1 - (top[:, 0] - top[:, 1])).mean()), rel=1e-4)
         assert got["entropy"][i] == pytest.approx(float(-(probs * probs.log()).sum(-1).mean()), rel=1e-4)
 
 
@@ -98,7 +99,8 @@ def test_reward_gap_without_its_model_fails_before_any_work(tmp_path):
 
 
 def test_scorer_registry_lists_and_rejects():
-    assert {"perplexity", "ifd", "reward_gap", "least_confidence", "margin", "entropy"} <= set(available_scorers())
+    assert {"perplexity", "ifd", "reward_gap", "least_confidence", "margin", "least_confidence_prob", "margin_prob",
+            "entropy"} <= set(available_scorers())
     with pytest.raises(UserError, match="did you mean 'perplexity'"):
         get_scorer("perplexty")
     with pytest.raises(UserError, match="no parameter 'batch_tokns'"):
