@@ -8,6 +8,10 @@ Run folder layout (every file written atomically; a round counts as finished onl
     output_dir/round_K/adapter/         the LoRA adapter Axolotl trained on it
     output_dir/round_K/embeddings.npy   (N, hidden) float32 pool embeddings from base + that adapter
     output_dir/round_K/scores.npy       per-row scores, when the selector uses them
+    output_dir/round_K/selector_state.npz  arrays of a selector that carries state between rounds (iterative_kmq's
+                                        clusters); its other fields and the file's sha256 sit in the manifest
+    output_dir/round_0/base_embeddings.npy  with `round0: base`: the base model's embeddings (no adapter) that
+                                        round 0 was selected on (base_scores.npy beside it, when scores are used)
     output_dir/round_K/eval.json        lm-eval's results and ours for the round's adapter (with an `eval:` block)
     output_dir/round_K/done.json        losses and timings of the round
     output_dir/summary.json             one row per round
@@ -33,7 +37,7 @@ import numpy as np
 
 from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
-from .data import clean_pool, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
+from .data import atomic_path, clean_pool, file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
 from .errors import UserError
 from .models import all_cpu_threads
 from .recipe import Recipe
@@ -71,6 +75,15 @@ class RunPaths:
 
     def scores(self, k: int) -> Path:
         return self.round_dir(k) / "scores.npy"
+
+    def selector_state(self, k: int) -> Path:
+        return self.round_dir(k) / "selector_state.npz"
+
+    def base_embeddings(self) -> Path:
+        return self.round_dir(0) / "base_embeddings.npy"
+
+    def base_scores(self) -> Path:
+        return self.round_dir(0) / "base_scores.npy"
 
     def eval_file(self, k: int) -> Path:
         return self.round_dir(k) / "eval.json"
@@ -121,6 +134,37 @@ def write_round_files(paths: RunPaths, k: int, rows: list[dict], picks: np.ndarr
 def read_manifest(paths: RunPaths, k: int) -> tuple[np.ndarray, np.ndarray]:
     m = json.loads(paths.manifest(k).read_text())
     return np.asarray(m["indices"], dtype=np.int64), np.asarray(m["entered_round"], dtype=np.int64)
+
+
+def save_selector_state(paths: RunPaths, k: int, state: dict) -> dict:
+    """Write the arrays of a selector's state to round k's selector_state.npz (before the manifest, which names
+    it with its sha256); returns the other fields, for the manifest's `selector_state`."""
+    arrays = {key: value for key, value in state.items() if isinstance(value, np.ndarray)}
+    fields = {key: value for key, value in state.items() if not isinstance(value, np.ndarray)}
+    if arrays:
+        path = paths.selector_state(k)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        fields["npz"] = {"file": path.name, "arrays": sorted(arrays), "sha256": file_sha256(path)}
+    return fields
+
+
+def read_selector_state(paths: RunPaths, k: int) -> dict | None:
+    """The selector state saved with round k (None when the round has none): exactly what the next round needs."""
+    fields = json.loads(paths.manifest(k).read_text()).get("selector_state")
+    if fields is None:
+        return None
+    state = {key: value for key, value in fields.items() if key != "npz"}
+    if "npz" in fields:
+        path = paths.selector_state(k)
+        if not path.is_file() or file_sha256(path) != fields["npz"]["sha256"]:
+            raise UserError(
+                f"{path} is missing or differs from what round {k}'s manifest recorded: the selector's state between"
+                " rounds is lost, so the run cannot continue exactly (--force starts over)"
+            )
+        with np.load(path) as npz:
+            state.update({key: npz[key] for key in npz.files})
+    return state
 
 
 class Loop:
@@ -195,12 +239,61 @@ class Loop:
         return self.recipe.axolotl.get("trust_remote_code") is True
 
     def seed_round(self) -> None:
+        """Round 0's rows: `seed_size` random rows, or with `round0: base` the selector's picks on the base model."""
         if self.paths.manifest(0).is_file():
+            return
+        if self.sel.round0 == "base":
+            self.seed_from_base()
             return
         picks = get_selector("random").select(len(self.rows), self.sel.seed_size, seed=self.sel.seed)
         info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash,
                 "file_rows": [self.file_rows[i] for i in picks]}
         write_round_files(self.paths, 0, self.rows, picks, np.zeros(len(picks), dtype=np.int64), info)
+
+    def seed_from_base(self) -> None:
+        """Round 0 chosen by the recipe's selector on the base model's embeddings: no adapter, nothing trained
+        before it (DiverseEvol's one-shot arm; for iterative_kmq the kMQ draw that starts D&C's Algorithm 1).
+        Scores, for selectors that use them on every row, come from the base model too."""
+        sel = self.selector
+        wants_scores = self.scorer_name is not None and sel.scores in ("required", "optional")
+        need_model = (sel.needs_embeddings and not self.embed_from_cache(0, base=True)) or (
+            wants_scores and not self.paths.base_scores().is_file()
+        )
+        model = self._base_model() if need_model else None
+        self.paths.round_dir(0).mkdir(parents=True, exist_ok=True)
+        timings = {}
+        t = time.perf_counter()
+        with all_cpu_threads():
+            emb = self.embed(0, model, base=True) if sel.needs_embeddings else len(self.rows)
+            timings["embed_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = self.score(0, model, np.arange(len(self.rows)), base=True) if wants_scores else None
+        timings["score_s"] = time.perf_counter() - t
+        del model
+        t = time.perf_counter()
+        picks, state = self._select(emb, self.sel.seed_size, np.empty(0, dtype=np.int64), scores, self.sel.seed, None)
+        timings["select_s"] = time.perf_counter() - t
+        info = {
+            "selector": {"name": sel.name, "params": sel.params.model_dump(mode="json")},
+            "seed": self.sel.seed,
+            "recipe_hash": self.recipe.hash,
+            "round0": "base",
+            "embeddings": "base_embeddings.npy (base model, no adapter)" if sel.needs_embeddings else None,
+            "timings": {key: round(v, 3) for key, v in timings.items()},
+            "file_rows": [self.file_rows[i] for i in picks],
+        }
+        if state is not None:
+            info["selector_state"] = save_selector_state(self.paths, 0, state)
+        write_round_files(self.paths, 0, self.rows, picks, np.zeros(len(picks), dtype=np.int64), info)
+        self.log(f"round 0: {len(picks)} rows chosen by {sel.name} on the base model (no adapter, nothing trained)")
+
+    def _select(self, emb, budget: int, selected: np.ndarray, scores, seed: int, state):
+        """(picks, new state): a selector that keeps state between rounds (`select_with_state`) gets the previous
+        round's and returns its next; any other selector is called plainly and returns no state."""
+        with_state = getattr(self.selector, "select_with_state", None)
+        if with_state is None:
+            return self.selector.select(emb, budget, already_selected=selected, scores=scores, seed=seed), None
+        return with_state(emb, budget, already_selected=selected, scores=scores, seed=seed, state=state)
 
     def train(self, k: int) -> dict[str, Any]:
         from .training import axolotl_config, train_round
@@ -245,14 +338,21 @@ class Loop:
         spec = self.sel.embedding
         return load_model(self.recipe.axolotl["base_model"], self.paths.adapter(k), spec.device, spec.dtype, self._trust_remote_code)
 
-    def _cache_key(self, k: int) -> str | None:
+    def _base_model(self):
+        from .models import load_model
+
+        spec = self.sel.embedding
+        return load_model(self.recipe.axolotl["base_model"], None, spec.device, spec.dtype, self._trust_remote_code)
+
+    def _cache_key(self, k: int, base: bool = False) -> str | None:
         from .embedding import embedding_cache_key
 
         if not self.sel.embedding.cache:
             return None
         rows_digest = hashlib.sha256(np.asarray(self.file_rows, dtype=np.int64).tobytes()).hexdigest()
         pool_digest = f"{self.recipe.pool_sha256}:{self.sel.pool.format}:{rows_digest}"
-        return embedding_cache_key(pool_digest, Path(self.recipe.axolotl["base_model"]), self.paths.adapter(k), self.sel.embedding)
+        adapter = None if base else self.paths.adapter(k)
+        return embedding_cache_key(pool_digest, Path(self.recipe.axolotl["base_model"]), adapter, self.sel.embedding)
 
     @property
     def _cache_dir(self) -> Path:
@@ -260,36 +360,38 @@ class Loop:
 
         return self.sel.embedding.cache_dir or default_cache_dir()
 
-    def embed_from_cache(self, k: int) -> bool:
-        """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any."""
+    def embed_from_cache(self, k: int, base: bool = False) -> bool:
+        """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any.
+        `base`: the base model's, without adapter (round 0 with `round0: base`)."""
         from .embedding import cache_fetch
 
-        path = self.paths.embeddings(k)
+        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if path.is_file():
             return True
-        key = self._cache_key(k)
+        key = self._cache_key(k, base)
         if key and cache_fetch(self._cache_dir, key, path):
-            self.log(f"round {k}: embeddings reused from the cache ({key})")
+            self.log(f"round {k}: {'base model ' if base else ''}embeddings reused from the cache ({key})")
             return True
         return False
 
-    def embed(self, k: int, model) -> np.ndarray:
+    def embed(self, k: int, model, base: bool = False) -> np.ndarray:
         from .embedding import cache_store, embed_rows
 
-        path = self.paths.embeddings(k)
-        if self.embed_from_cache(k):
+        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
+        if self.embed_from_cache(k, base):
             return np.load(path, mmap_mode="r")
         fmt = self.sel.pool.format
         texts = ["".join(prompt_and_response(r, fmt, self.tokenizer)) for r in self.rows]
-        partial = path.with_name(".embeddings.partial.npy")
-        emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=f"round {k}: embedding")
+        partial = path.with_name(f".{path.stem}.partial.npy")
+        desc = f"round {k}: embedding" + (" with the base model" if base else "")
+        emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=desc)
         bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
         if len(bad):
             raise UserError(f"round {k}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
         del emb
-        failpoint(f"embed:{k}")
+        failpoint("embed:base" if base else f"embed:{k}")
         partial.replace(path)
-        key = self._cache_key(k)
+        key = self._cache_key(k, base)
         if key:
             cache_store(self._cache_dir, key, path)
         return np.load(path, mmap_mode="r")
@@ -298,13 +400,13 @@ class Loop:
     def scorer_name(self) -> str | None:
         return self.sel.scorer.name if self.sel.scorer else self.selector.default_scorer
 
-    def score(self, k: int, model, selected: np.ndarray) -> np.ndarray | None:
+    def score(self, k: int, model, selected: np.ndarray, base: bool = False) -> np.ndarray | None:
         name = self.scorer_name
         if name is None:
             return None
         from .scoring import get_scorer
 
-        path = self.paths.scores(k)
+        path = self.paths.base_scores() if base else self.paths.scores(k)
         if path.is_file():
             return np.load(path)
         params = self.sel.scorer.params if self.sel.scorer else {}
@@ -312,7 +414,8 @@ class Loop:
         which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
         values = np.zeros(len(self.rows), dtype=np.float64)
         values[which] = scorer.score(model, self.tokenizer, [self.rows[i] for i in which], self.sel.pool.format,
-                                     max_length=self.sel.embedding.max_length, desc=f"round {k}: scoring ({name})")
+                                     max_length=self.sel.embedding.max_length,
+                                     desc=f"round {k}: scoring ({name}{', base model' if base else ''})")
         save_npy(path, values)
         return values
 
@@ -331,7 +434,8 @@ class Loop:
         timings["score_s"] = time.perf_counter() - t
         del model
         t = time.perf_counter()
-        new = self.selector.select(emb, self.sel.per_round, already_selected=selected, scores=scores, seed=self.sel.seed + k + 1)
+        state = read_selector_state(self.paths, k)
+        new, state = self._select(emb, self.sel.per_round, selected, scores, self.sel.seed + k + 1, state)
         timings["select_s"] = time.perf_counter() - t
         picks = np.concatenate([selected, new])
         entered = np.concatenate([entered, np.full(len(new), k + 1)])
@@ -342,6 +446,8 @@ class Loop:
             "timings": {key: round(v, 3) for key, v in timings.items()},
             "file_rows": [self.file_rows[i] for i in picks],
         }
+        if state is not None:
+            info["selector_state"] = save_selector_state(self.paths, k + 1, state)
         write_round_files(self.paths, k + 1, self.rows, picks, entered, info)
         return timings
 
