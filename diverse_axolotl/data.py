@@ -48,7 +48,27 @@ def _json_error(path: Path, exc: json.JSONDecodeError, line_offset: int = 0) -> 
     return UserError(f"{path}:{exc.lineno + line_offset}: malformed JSON ({exc.msg}, column {exc.colno})")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+class Rows(list):
+    """A pool's rows plus, for JSON lines, the file line of each row, so that errors can name the line a user
+    opens in an editor; for a JSON list or parquet they name the row counted from 0."""
+
+    lines: list[int] | None = None
+
+    def where(self, path: Path, i: int) -> tuple[str, str]:
+        """(start, end) of a message about row i: `pool.jsonl:7: the row on line 7` or `pool.json: row 6` with
+        `(rows counted from 0)` at the end."""
+        if self.lines is not None:
+            return f"{path}:{self.lines[i]}: the row on line {self.lines[i]}", ""
+        return f"{path}: row {i}", " (rows counted from 0)"
+
+
+def _rows(items: list, lines: list[int] | None = None) -> Rows:
+    out = Rows(items)
+    out.lines = lines
+    return out
+
+
+def read_rows(path: Path) -> Rows:
     """All rows of a pool file, whatever its container; one-line errors naming the file and line."""
     path = Path(path)
     if not path.is_file():
@@ -56,7 +76,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        return _rows(pq.read_table(path).to_pylist())
     try:
         with _open_text(path) as fh:
             text = fh.read()
@@ -66,11 +86,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: the pool file is empty")
     if text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            rows = _rows(json.loads(text))
         except json.JSONDecodeError as exc:
             raise _json_error(path, exc) from None
     else:
-        rows = []
+        rows = _rows([], [])
         for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
             if not line.strip():
                 continue
@@ -78,35 +98,78 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise _json_error(path, exc, lineno - 1) from None
+            rows.lines.append(lineno)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise UserError(f"{path}: row {i} is a {type(row).__name__}, expected a JSON object")
+            start, end = rows.where(path, i)
+            raise UserError(f"{start} is a {type(row).__name__}, expected a JSON object{end}")
     return rows
+
+
+#: Roles a chat row may use: what chat templates and Axolotl's default role mapping understand.
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads to the person who wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    return type(value).__name__
+
+
+def _field_problem(row: dict, fmt: str) -> str | None:
+    """What is wrong with the types of one row's fields, or None: a number where text is meant passes a
+    presence check and then fails deep inside the tokenizer, so it is caught here with the field named."""
+    if fmt == "chat":
+        msgs = row["messages"]
+        if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+            return "'messages' must be a non-empty list of {role, content}"
+        for j, m in enumerate(msgs):
+            if m["role"] not in CHAT_ROLES:
+                return f"messages[{j}].role is {m['role']!r}; a role is one of {', '.join(CHAT_ROLES)}"
+            if not isinstance(m["content"], str):
+                return f"messages[{j}].content is {_json_kind(m['content'])}, expected text"
+        if msgs[-1]["role"] != "assistant":
+            return "the last message must be the assistant's answer"
+        return None
+    fields = {"alpaca": ("instruction", "input", "output"), "completion": ("text",)}[fmt]
+    for field in fields:
+        value = row.get(field)
+        if field == "input" and value is None:  # an absent or null input means "no input"
+            continue
+        if not isinstance(value, str):
+            return f"field '{field}' is {_json_kind(value)}, expected text"
+    return None
 
 
 def check_rows(rows: list[dict], fmt: str, path: Path) -> None:
     """Every row carries the fields its format needs, as text."""
     if not rows:
         raise UserError(f"{path}: the pool holds no rows")
+    rows = rows if isinstance(rows, Rows) else _rows(rows)
     for i, row in enumerate(rows):
+        start, end = rows.where(path, i)
         for field in REQUIRED_FIELDS[fmt]:
             if field not in row:
                 raise UserError(
-                    f"{path}: row {i} has no '{field}' field, which format '{fmt}' needs"
-                    f" (fields: {', '.join(REQUIRED_FIELDS[fmt])}; the row has: {', '.join(row)})"
+                    f"{start} has no '{field}' field, which format '{fmt}' needs"
+                    f" (fields: {', '.join(REQUIRED_FIELDS[fmt])}; the row has: {', '.join(row)}){end}"
                 )
-        if fmt == "chat":
-            msgs = row["messages"]
-            if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
-                raise UserError(f"{path}: row {i}: 'messages' must be a non-empty list of {{role, content}}")
-            if msgs[-1]["role"] != "assistant":
-                raise UserError(f"{path}: row {i}: the last message must be the assistant's answer")
+        problem = _field_problem(row, fmt)
+        if problem:
+            raise UserError(f"{start}: {problem}{end}")
 
 
-def load_pool(path: Path, fmt: str, limit: int | None = None) -> list[dict[str, Any]]:
+def load_pool(path: Path, fmt: str, limit: int | None = None) -> Rows:
     rows = read_rows(path)
     if limit is not None:
-        rows = rows[:limit]
+        rows = _rows(rows[:limit], rows.lines[:limit] if rows.lines is not None else None)
     check_rows(rows, fmt, path)
     return rows
 
@@ -127,8 +190,10 @@ def clean_pool(rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: P
     """
     empty = [i for i, row in enumerate(rows) if any(not t.strip() for t in _texts(row, fmt))]
     if empty and empty_rows == "fail":
+        lines = getattr(rows, "lines", None)
+        first = f"the row on line {lines[empty[0]]}" if lines else f"row {empty[0]} (rows counted from 0)"
         raise UserError(
-            f"{path}: {len(empty)} row(s) have an empty instruction or answer, first: row {empty[0]}"
+            f"{path}: {len(empty)} row(s) have an empty instruction or answer, first: {first}"
             " (set selection.pool.empty_rows: skip to leave them out)"
         )
     empty_set = set(empty)

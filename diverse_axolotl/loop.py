@@ -25,9 +25,13 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import shutil
+import socket
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +56,157 @@ def failpoint(name: str) -> None:
     interrupt a run at exact places and check that resuming gives the same result as never stopping."""
     if os.environ.get(FAILPOINT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+PAUSE_ENV = "DIVERSE_AXOLOTL_PAUSE"
+PAUSE_MARKER_ENV = "DIVERSE_AXOLOTL_PAUSE_MARKER"
+
+
+def pause_point(name: str) -> None:
+    """Wait here (touching the marker file first) when the environment names this point, until a signal ends
+    the wait: tests deliver Ctrl-C, or start a second run, at an exact stage instead of racing the clock."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+LOCK_NAME = ".diverse-axolotl.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder, so that two runs never train into one folder at once.
+
+    flock() on `output_dir/.diverse-axolotl.lock`: the kernel drops it when the process ends, however it ends, so
+    a lock file left by a killed run is stale and simply taken over. The file names the holder (pid, host,
+    start time, command) for the message the second run prints; where flock is unsupported (some network file
+    systems) the pid in the file decides whether the holder is still alive.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / LOCK_NAME
+        self._fd: int | None = None
+        self._made_root = False
+
+    def acquire(self) -> None:
+        self._made_root = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                locked = self._flock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if not locked:
+                holder = self._holder(fd)
+                os.close(fd)
+                self._refuse(holder)
+            try:  # the holder before us may have removed the file meanwhile: lock the file that is there now
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "command": " ".join(sys.argv)}
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+
+    def _flock(self, fd: int) -> bool:
+        """True when this process now holds the lock."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:  # no flock here: trust the pid in the file, if that process still runs on this host
+            holder = self._holder(fd)
+            return not (holder.get("host") == socket.gethostname() and _pid_alive(holder.get("pid")))
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return json.loads(os.read(fd, 1 << 16).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def _refuse(self, holder: dict) -> None:
+        pid = holder.get("pid", "unknown")
+        alive = "" if _pid_alive(holder.get("pid")) else ", no longer running: a process it started still holds it"
+        raise UserError(
+            f"{self.root} is in use by another run (pid {pid} on {holder.get('host', 'unknown host')}{alive},"
+            f" started {holder.get('started', '?')}: {holder.get('command', '?')}); wait for it to end or stop it"
+        )
+
+    def release(self) -> None:
+        """Remove the lock file (while still holding it), then let go; a folder this run made and left empty
+        goes too, so a run that failed early leaves nothing behind."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        if self._made_root:
+            try:
+                self.root.rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+_RUN_FILE = re.compile(r"round_\d+|run\.json|summary\.json|\.(run|summary)\.json\..*\.tmp|" + re.escape(LOCK_NAME))
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a name in a run folder is one the loop writes (all that `--force` may delete)."""
+    return _RUN_FILE.fullmatch(name) is not None
+
+
+def clear_run(root: Path) -> list[str]:
+    """Delete what a run wrote in `root` (round folders, run.json, summary.json, their temp files), nothing
+    else; the lock file stays with its holder. Returns the names of what is kept."""
+    kept = []
+    for child in sorted(Path(root).iterdir()):
+        if child.name == LOCK_NAME:
+            continue
+        if not is_run_file(child.name):
+            kept.append(child.name)
+        elif child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    return kept
 
 
 @dataclass(frozen=True)
@@ -106,6 +261,20 @@ def check_budget(recipe: Recipe, n_rows: int) -> None:
         raise UserError(
             f"{recipe.path}: seed_size + rounds * per_round = {sel.seed_size} + {sel.rounds} * {sel.per_round}"
             f" = {sel.total_rows} rows, but the pool has only {n_rows}"
+        )
+
+
+def check_clusters(recipe: Recipe, n_rows: int) -> None:
+    """An explicit `n_clusters` of at least the pool's size makes every row its own cluster: the cluster-based
+    selectors would then pick rows in file order, not by diversity. (Left at its default, n_clusters is capped
+    at the pool size, as each selector documents.)"""
+    params = recipe.selection.selector.params
+    k = params.get("n_clusters")
+    if isinstance(k, int) and not params.get("k_candidates") and k >= n_rows:
+        raise UserError(
+            f"{recipe.path}: selection.selector.n_clusters is {k}, but the pool has only {n_rows} rows: every row would"
+            f" be its own cluster and '{recipe.selection.selector.name}' would pick rows in file order; use fewer"
+            " clusters than rows"
         )
 
 
@@ -180,21 +349,35 @@ class Loop:
         raw = load_pool(pool.path, pool.format, pool.limit)
         self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
         check_budget(recipe, len(self.rows))
+        check_clusters(recipe, len(self.rows))
         self._tokenizer = None
 
+    def lock(self) -> RunLock:
+        """The run folder's lock (a context manager); hold it around prepare() and run()."""
+        return RunLock(self.paths.root)
+
     def prepare(self, resume: bool = False, force: bool = False) -> None:
-        """Refuse to mix two recipes' rounds in one folder; --force starts over, same recipe continues."""
+        """Refuse to mix two recipes' rounds in one folder; --force starts over, same recipe continues.
+
+        --force deletes only what a run wrote (see `clear_run`). A previous run that never finished training
+        round 0 holds nothing worth keeping (a failed first attempt, say with a bad pool row): it is replaced
+        without --force, so the corrected retry just runs.
+        """
         recipe, paths = self.recipe, self.paths
         if paths.run_info.is_file():
             previous = json.loads(paths.run_info.read_text())
             if previous.get("recipe_hash") != recipe.hash:
-                if not force:
-                    raise UserError(
-                        f"{paths.root} holds a run of a different recipe (hash {previous.get('recipe_hash')} vs"
-                        f" {recipe.hash}); use another output_dir, or --force to delete it and start over"
-                    )
-                shutil.rmtree(paths.root)
-        elif resume and not paths.root.exists():
+                if not self._adapter_complete(0):
+                    self.log(f"{paths.root}: replacing an earlier run that never finished training round 0")
+                    clear_run(paths.root)
+                elif not force:
+                    raise UserError(self._mismatch(previous))
+                else:
+                    kept = clear_run(paths.root)
+                    self.log(f"--force: deleted the earlier run in {paths.root}" + (f" (kept {', '.join(kept)})" if kept else ""))
+        elif paths.root.is_dir():
+            self._check_no_foreign_files(force)
+        if resume and not paths.run_info.is_file():
             raise UserError(f"--resume: {paths.root} holds no run to resume")
         if not paths.run_info.is_file():
             write_json(
@@ -210,6 +393,42 @@ class Loop:
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
+
+    def _mismatch(self, previous: dict) -> str:
+        """Why the folder's run cannot continue with this recipe: a changed pool is named as such."""
+        root, recipe = self.paths.root, self.recipe
+        started_by = previous.get("recipe_file", "another recipe")
+        old_pool = previous.get("pool_sha256")
+        if old_pool and recipe.pool_sha256 and old_pool != recipe.pool_sha256:
+            return (
+                f"the content of the pool {recipe.selection.pool.path} changed since the run in {root} (started by"
+                f" {started_by}) selected from it (sha256 {old_pool[:12]} then, {recipe.pool_sha256[:12]} now);"
+                " restore the pool to continue that run, name another output_dir, or use --force to start over"
+            )
+        return (
+            f"{root} holds a run of a different recipe ({started_by}, hash {previous.get('recipe_hash')} vs"
+            f" {recipe.hash}); use another output_dir, or --force to delete that run's files and start over"
+        )
+
+    def _check_no_foreign_files(self, force: bool) -> None:
+        """A folder without run.json is used only when it holds nothing but run leftovers: anything else is the
+        user's, and a run folder that mixes with it would put it at risk."""
+        names = sorted(p.name for p in self.paths.root.iterdir())
+        foreign = [n for n in names if not is_run_file(n)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise UserError(
+                f"output_dir {self.paths.root} is not empty and holds no run (it has {shown}); name an empty or new"
+                " folder"
+            )
+        leftovers = [n for n in names if n != LOCK_NAME]
+        if leftovers:
+            if not force:
+                raise UserError(
+                    f"{self.paths.root} holds round folders but no run.json ({', '.join(leftovers[:5])}); use --force"
+                    " to delete them and start over, or name another output_dir"
+                )
+            clear_run(self.paths.root)
 
     def preflight(self) -> None:
         """Axolotl's validation of the round config, before anything is trained or written."""
@@ -300,7 +519,7 @@ class Loop:
 
         adapter = self.paths.adapter(k)
         done_marker = adapter / "train_result.json"
-        if done_marker.is_file():
+        if self._adapter_complete(k):
             return json.loads(done_marker.read_text())
         previous = None if (self.sel.retrain_from_base or k == 0) else self.paths.adapter(k - 1)
         cfg = axolotl_config(
@@ -315,7 +534,7 @@ class Loop:
         rows = sum(1 for _ in open(self.paths.train_file(k)))
         self.log(f"round {k}: training on {rows} rows with Axolotl (log: {self.paths.round_dir(k) / 'axolotl.log'})")
         result = train_round(
-            cfg, self.paths.round_dir(k), on_trained=lambda: failpoint(f"train:{k}"), description=f"round {k}: training"
+            cfg, self.paths.round_dir(k), on_trained=lambda: (failpoint(f"train:{k}"), pause_point(f"train:{k}")), description=f"round {k}: training"
         )
         shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
         info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2),
@@ -475,23 +694,78 @@ class Loop:
         has_emb = not self.selector.needs_embeddings or self.embed_from_cache(k)
         return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
 
+    # -- completeness ---------------------------------------------------------------------------------------
+    def _adapter_complete(self, k: int) -> bool:
+        """Trained: Axolotl's adapter (config and weights) and our record of the training are all there."""
+        adapter = self.paths.adapter(k)
+        weights = any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin"))
+        return weights and (adapter / "adapter_config.json").is_file() and (adapter / "train_result.json").is_file()
+
+    def _evaluates(self, k: int) -> bool:
+        spec = self.recipe.eval
+        return spec is not None and (spec.every_round or k == self.sel.rounds)
+
+    def missing_artefacts(self, k: int) -> list[str]:
+        """What round k promises and lacks, as paths relative to the run folder: a round is finished only when
+        its training file, manifest, adapter, embeddings and scores (where the selector uses them), the next
+        round's picks and its evaluation (where the recipe asks) all exist, not merely its done.json."""
+        p = self.paths
+        wanted = [p.train_file(k), p.manifest(k)]
+        if k < self.sel.rounds:
+            wanted += [p.embeddings(k)] if self.selector.needs_embeddings else []
+            wanted += [p.scores(k)] if self.scorer_name is not None else []
+            wanted.append(p.manifest(k + 1))
+        if self._evaluates(k):
+            wanted.append(p.eval_file(k))
+        missing = [str(path.relative_to(p.root)) for path in wanted if not path.is_file()]
+        if not self._adapter_complete(k):
+            missing.insert(2, str(p.adapter(k).relative_to(p.root)) + "/")
+        return missing
+
+    def _restore_train_file(self, k: int) -> None:
+        """A training file lost after its manifest was written is rebuilt from the manifest (same rows)."""
+        if self.paths.manifest(k).is_file() and not self.paths.train_file(k).is_file():
+            picks, _ = read_manifest(self.paths, k)
+            write_jsonl(self.paths.train_file(k), (self.rows[i] for i in picks))
+
+    def _restore_stage_outputs(self, k: int) -> None:
+        """Embeddings or scores lost after the next round was selected are recomputed from round k's adapter,
+        without selecting again (the next round's picks stay as they are)."""
+        if self._stage_outputs_exist(k):
+            return
+        selected, _ = read_manifest(self.paths, k)
+        model = self._model(k)
+        with all_cpu_threads():
+            if self.selector.needs_embeddings:
+                self.embed(k, model)
+            self.score(k, model, selected)
+
     # -- driver ---------------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         summary = []
         self.seed_round()
         for k in range(self.sel.rounds + 1):
+            earlier = {}
             if self.paths.done(k).is_file():
-                summary.append(json.loads(self.paths.done(k).read_text()))
-                self.log(f"round {k}: finished earlier, reusing it")
-                continue
+                missing = self.missing_artefacts(k)
+                if not missing:
+                    summary.append(json.loads(self.paths.done(k).read_text()))
+                    self.log(f"round {k}: finished earlier, reusing it")
+                    continue
+                self.log(f"round {k}: finished earlier, but {', '.join(missing)} missing in {self.paths.root}; redoing that")
+                earlier = json.loads(self.paths.done(k).read_text())
+            pause_point(f"round:{k}")
             t = time.perf_counter()
+            self._restore_train_file(k)
             trained = self.train(k)
-            row = {"round": k, "rows": len(read_manifest(self.paths, k)[0]), **trained, "train_s": trained["seconds"]}
+            row = {**earlier, "round": k, "rows": len(read_manifest(self.paths, k)[0]), **trained, "train_s": trained["seconds"]}
             row.pop("seconds")
             if k < self.sel.rounds and not self.paths.manifest(k + 1).is_file():
                 row.update({key: round(v, 2) for key, v in self.select_next(k).items()})
+            elif k < self.sel.rounds:
+                self._restore_stage_outputs(k)
             row.update(self.evaluate(k))
-            row["round_s"] = round(time.perf_counter() - t, 2)
+            row["round_s"] = round(time.perf_counter() - t, 2) if not earlier else earlier.get("round_s")
             write_json(self.paths.done(k), row)
             summary.append(row)
         write_json(self.paths.summary, summary)

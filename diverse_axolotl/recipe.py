@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,11 +24,17 @@ LOOP_OWNED_AXOLOTL_KEYS = ("datasets", "dataset_prepared_path", "lora_model_dir"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and coerced values are refused: `seed: true` or `per_round: "6"` is a typo, not a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+#: A path written as a YAML string (strict models accept only Path objects otherwise).
+LaxPath = Annotated[Path, Field(strict=False)]
 
 
 class PoolSpec(Strict):
-    path: Path = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows")
+    path: LaxPath = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows")
     format: Literal["alpaca", "chat", "completion"] = Field(
         "alpaca", description="alpaca: instruction/input/output; chat: messages; completion: text"
     )
@@ -64,7 +71,7 @@ class EmbeddingSpec(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
-    cache_dir: Optional[Path] = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
+    cache_dir: Optional[LaxPath] = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
 
 
 class SelectionSpec(Strict):
@@ -170,8 +177,35 @@ def _looks_like_local_path(value: str, base: Path) -> bool:
     return value.startswith((".", "/", "~")) or (base / value).exists()
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping: plain YAML keeps the last one silently, so a
+    second `selection:` block would replace the first and `learning_rate` would take whichever came last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are meant to be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(
+                            None, None, f"duplicate key '{key}' (first on line {seen[key]}; YAML would silently keep"
+                            " only the last one)", key_node.start_mark
+                        )
+                    seen[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse YAML safely; errors name the file and line."""
+    """Parse YAML safely, refusing duplicate keys at any depth; errors name the file and line."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -179,11 +213,13 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read recipe ({exc})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, DuplicateKeyError):
+            raise UserError(f"{path}{where}: {problem}") from None
         raise UserError(f"{path}{where}: not valid YAML ({problem})") from None
 
 
@@ -264,6 +300,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except ValidationError as exc:
         raise UserError(_format_validation_error(path, exc)) from None
     check_recipe(recipe)
+    check_output_dir(recipe)
     return recipe
 
 
@@ -310,3 +347,29 @@ def check_recipe(recipe: Recipe) -> None:
             raise UserError(f"{recipe.path}: base_model: {tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
     if recipe.axolotl.get("trust_remote_code") not in (None, False) and recipe.axolotl["trust_remote_code"] is not True:
         raise UserError(f"{recipe.path}: trust_remote_code must be true or false")
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    """The run folder can be made and written, and holds none of the run's inputs: `--force` clears a run
+    folder, so one that is (or lies above) the recipe, the pool or the model would put them at risk."""
+    out = recipe.output_dir
+    where = f"{recipe.path}: output_dir {out}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{where} is a file, not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{where} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is read-only" if existing == out else f"cannot be created: {existing} is read-only"
+        raise UserError(f"{where} {what}")
+    inputs = {"the recipe": recipe.path, "the pool": recipe.selection.pool.path}
+    if Path(str(recipe.axolotl["base_model"])).is_absolute():
+        inputs["the base model"] = Path(str(recipe.axolotl["base_model"]))
+    if recipe.selection.embedding.cache_dir is not None:
+        inputs["the embedding cache"] = recipe.selection.embedding.cache_dir
+    for name, path in inputs.items():
+        if Path(path).resolve().is_relative_to(out):
+            raise UserError(
+                f"{where} holds {name} ({path}); a run folder must hold only what the run writes, since"
+                " --force clears it: name a folder of its own (for example output_dir: run)"
+            )
