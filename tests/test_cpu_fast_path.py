@@ -1,0 +1,115 @@
+"""The CPU fast path: packing trains every row every epoch, bf16 works on a CPU, and the CPU defaults apply only
+where the recipe says nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import alpaca_rows
+
+#: Every batch the trainer trained on, as Recorder saw it (input_ids and labels, one list of rows per batch).
+SEEN: list[dict] = []
+DATASET: list[dict] = []
+
+TINY = {
+    "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True,
+    "sequence_len": 512, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+    "learning_rate": 0.001, "optimizer": "adamw_torch", "lr_scheduler": "constant", "train_on_inputs": False,
+    # What a CPU needs, spelt out: these tests are about packing and bf16, not about the defaults.
+    "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
+    "fp16": False, "tf32": False, "attn_implementation": "sdpa", "dataset_num_proc": 1, "dataloader_num_workers": 0,
+}
+
+
+class Recorder:
+    """An Axolotl plugin (loaded by its dotted name, like ours) that records each training batch."""
+
+    def __new__(cls, *args, **kwargs):  # subclassing BasePlugin at import time would import Axolotl for every test
+        from axolotl.integrations.base import BasePlugin
+
+        class _Recorder(BasePlugin):
+            def post_trainer_create(self, cfg, trainer):
+                DATASET[:] = [dict(row) for row in trainer.train_dataset]
+                step = trainer.training_step
+
+                def recording_step(model, inputs, *args, **kwargs):
+                    SEEN.append({key: inputs[key].tolist() for key in ("input_ids", "labels")})
+                    return step(model, inputs, *args, **kwargs)
+
+                trainer.training_step = recording_step
+
+        return _Recorder(*args, **kwargs)
+
+
+def _contains(row: list[int], part: list[int]) -> bool:
+    n = len(part)
+    return any(row[i : i + n] == part for i in range(len(row) - n + 1))
+
+
+def _train(tmp_path, model, rows, **keys):
+    from diverse_axolotl.training import axolotl_config, train_round
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = axolotl_config({"base_model": str(model), **TINY, **keys}, train_file, "alpaca", tmp_path / "adapter",
+                         tmp_path / "prepared", seed=0)
+    return train_round(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_packing_trains_every_row_every_epoch(tmp_path, tiny_model):
+    """Rows whose lengths leave the last batch of packs partly filled: Axolotl's multipack sampler drops that
+    batch (and cuts to an estimated step count); every row's tokens must still reach the trainer, every epoch."""
+    SEEN.clear()
+    rows = alpaca_rows()[:37]
+    epochs = 2
+    result = _train(tmp_path, tiny_model, rows, sample_packing=True, bf16=False, num_epochs=epochs,
+                    plugins=["test_cpu_fast_path.Recorder"])
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert len(DATASET) == len(rows)
+    seen_rows = [r for batch in SEEN for r in batch["input_ids"]]
+    # Packing happened: some trained row holds more than one dataset row.
+    assert len(seen_rows) < len(DATASET) * epochs
+    for example in DATASET:
+        assert any(_contains(r, example["input_ids"]) for r in seen_rows), "a selected row was never trained"
+    # Exactly once per epoch: the trained (label) tokens add up to the dataset's, times the epochs.
+    trained_tokens = sum(t != -100 for batch in SEEN for r in batch["labels"] for t in r)
+    dataset_tokens = sum(t != -100 for ex in DATASET for t in ex["labels"])
+    assert trained_tokens == dataset_tokens * epochs
+    assert result.steps == len(SEEN)
+
+
+@pytest.mark.slow
+def test_bf16_trains_on_a_cpu(tmp_path, tiny_model):
+    """`bf16: true` on a CPU: transformers refuses it unless the training arguments say use_cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU-only check")
+    result = _train(tmp_path, tiny_model, alpaca_rows()[:12], num_epochs=1, bf16=True)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert result.train_loss is not None and result.train_loss == result.train_loss
+
+
+def test_cpu_defaults_fill_only_what_the_recipe_leaves_out(tmp_path, monkeypatch):
+    from diverse_axolotl import models, training
+
+    monkeypatch.setattr(models, "cuda_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    args = (tmp_path / "t.jsonl", "alpaca", tmp_path / "a", tmp_path / "p", 0)
+    cfg = training.axolotl_config({"base_model": "m", "sequence_len": 64}, *args)
+    assert cfg["bf16"] is True and cfg["fp16"] is False and cfg["tf32"] is False
+    assert cfg["sample_packing"] is True and cfg["attn_implementation"] == "sdpa"
+    assert not any(cfg[k] for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel"))
+    assert cfg["dataset_num_proc"] == 1 and cfg["dataloader_num_workers"] == 0
+    # The recipe's own keys win.
+    mine = training.axolotl_config({"base_model": "m", "bf16": False, "sample_packing": False}, *args)
+    assert mine["bf16"] is False and mine["sample_packing"] is False
+    # A CPU without bf16 support trains in fp32.
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    assert training.axolotl_config({"base_model": "m"}, *args)["bf16"] is False
+    # On a GPU nothing is added beyond the round's own keys.
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    assert "bf16" not in training.axolotl_config({"base_model": "m"}, *args)
