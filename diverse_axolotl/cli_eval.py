@@ -27,7 +27,7 @@ def _friendly(fn):
               help="base model folder (default: the demo model folder models/SmolLM2-135M-Instruct)")
 @click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), default=None, help="LoRA adapter folder")
 @click.option("--tasks", default="da_arc_easy,heldout_loss", show_default=True,
-              help="comma-separated: lm-eval tasks from eval/ (the da_ prefix may be left out; TASK:N for N shots) "
+              help="comma-separated: any lm-eval task by name, our offline da_* tasks (TASK:N for N shots) "
                    "and heldout_loss, t0_exact")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N rows per task (smoke tests)")
 @click.option("--batch-size", default="auto", show_default=True, help="lm-eval batch size (auto: 4 on CPU)")
@@ -36,7 +36,7 @@ def _friendly(fn):
 @click.option("--chat-template", is_flag=True, help="prompt lm-eval tasks through the tokenizer's chat template")
 @click.option("--allow-code-execution", is_flag=True, help="run model-written code (da_humaneval, da_mbpp)")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="evaluation data folder (default: $DIVERSE_AXOLOTL_EVAL_DATA or ../shared/data/eval)")
+              help="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("eval.json"), show_default=True,
               help="result file (JSON); lm-eval's log goes beside it with suffix .log")
@@ -93,6 +93,8 @@ def report_cmd(run_dirs: tuple[Path, ...], out: Path) -> None:
 
     written = write_report(list(run_dirs), out)
     echo(f"report: {written['markdown']} and {written['html']} ({len(written['pngs'])} plots)")
+    for folder, why in written.get("unfinished", {}).items():
+        echo(f"note: {folder} is {why}")
 
 
 COMMANDS = [eval_cmd, report_cmd]

@@ -19,6 +19,10 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+if SHARED_DATA.is_dir():  # the library has no default data folder; the tests may read the development copy
+    os.environ.setdefault("DIVERSE_AXOLOTL_DATA", str(SHARED_DATA))
+    os.environ.setdefault("DIVERSE_AXOLOTL_EVAL_DATA", str(SHARED_DATA / "eval"))
 
 
 @pytest.fixture(autouse=True)

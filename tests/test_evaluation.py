@@ -26,7 +26,7 @@ from diverse_axolotl.evaluation import (
     json_safe,
     lm_eval_tasks,
     parse_tasks,
-    staged_tasks,
+    tasks_dir,
 )
 from diverse_axolotl.report import coverage_radius, mean_nn_distance, vendi_score, write_report
 
@@ -48,51 +48,63 @@ def test_task_index_names_and_parsing():
     for task in ("da_arc_easy", "da_arc_challenge", "da_gsm8k", "da_ifeval", "da_mmlu", "da_humaneval", "da_mbpp"):
         assert task in names
     assert sum(n.startswith("da_mmlu_") for n in names) == 57 + 4  # subjects + categories
-    parsed = parse_tasks("arc_easy, da_mmlu:5,heldout_loss")
+    parsed = parse_tasks("da_arc_easy, da_mmlu:5,heldout_loss")
     assert [(r.name, r.num_fewshot) for r in parsed] == [("da_arc_easy", None), ("da_mmlu", 5), ("heldout_loss", None)]
+    # Names without our prefix are lm-eval's own tasks, from its registry.
+    assert [r.name for r in parse_tasks("arc_easy,hellaswag,mmlu")] == ["arc_easy", "hellaswag", "mmlu"]
     with pytest.raises(UserError, match=r"unknown evaluation task 'arc_eazy'.*did you mean.*ours: .*da_arc_easy.*t0_exact"):
         parse_tasks(["arc_eazy"])
     with pytest.raises(UserError, match="named twice"):
-        parse_tasks("arc_easy,da_arc_easy")
+        parse_tasks("da_arc_easy,da_arc_easy")
     with pytest.raises(UserError, match="TASK:N"):
         parse_tasks("heldout_loss:3")
 
 
 def test_eval_spec_validation():
-    spec = EvalSpec(tasks=["arc_easy", "heldout_loss"], limit=5, batch_size=2)
+    spec = EvalSpec(tasks=["da_arc_easy", "heldout_loss"], limit=5, batch_size=2)
     assert spec.every_round and spec.heldout.n_per_source == 64
     with pytest.raises(ValueError, match="unknown evaluation task"):
-        EvalSpec(tasks=["hellaswag"])
+        EvalSpec(tasks=["hellaswagg"])
     with pytest.raises(ValueError, match="extra"):
-        EvalSpec(tasks=["arc_easy"], bogus=1)
+        EvalSpec(tasks=["da_arc_easy"], bogus=1)
     with pytest.raises(ValueError, match="unknown source"):
         HeldoutSpec(sources=["alpacca"])
 
 
-def test_staged_yamls_point_at_the_data_dir(tmp_path):
+def test_shipped_yamls_read_the_data_dir_given_as_metadata(tmp_path):
+    """No placeholder, no copy: lm-eval's TaskManager loads our YAML from the package and the data folder arrives
+    as task metadata (custom_dataset hook)."""
+    from lm_eval.tasks import get_task_dict
+
+    from diverse_axolotl.evaluation.lm_tasks import task_manager
+
+    texts = "".join(p.read_text() for p in tasks_dir().rglob("*.yaml"))
+    assert "${DATA_DIR}" not in texts and "../shared" not in texts
     data = tmp_path / "my eval data"
-    with staged_tasks(data) as include:
-        texts = {p.name: p.read_text() for p in include.rglob("*.yaml")}
-        assert (include / "utils.py").is_file()
-    assert "${DATA_DIR}" not in "".join(texts.values())
-    assert f"{data.resolve().as_posix()}/arc/ARC-Easy-Test.jsonl" in texts["da_arc_easy.yaml"]
-    assert f"{data.resolve().as_posix()}/mmlu/dev/anatomy_dev.csv" in texts["da_mmlu_anatomy.yaml"]
+    (data / "arc").mkdir(parents=True)
+    row = {"id": "q1", "question": {"stem": "2+2?", "choices": [{"text": "4", "label": "A"}, {"text": "5", "label": "B"}]},
+           "answerKey": "A"}
+    for split in ("Train", "Dev", "Test"):
+        (data / "arc" / f"ARC-Easy-{split}.jsonl").write_text(json.dumps(row) + "\n")
+    task = get_task_dict(["da_arc_easy"], task_manager(["da_arc_easy"], data))["da_arc_easy"]
+    docs = list(task.test_docs())
+    assert len(docs) == 1 and docs[0]["question"] == "2+2?" and docs[0]["choices"]["text"] == ["4", "5"]
 
 
 def test_unknown_task_and_missing_data_are_user_errors(tiny_model, tmp_path):
     with pytest.raises(UserError, match="unknown evaluation task"):
-        evaluate(tiny_model, None, "hellaswag", out_file=tmp_path / "e.json")
+        evaluate(tiny_model, None, "hellaswagg", out_file=tmp_path / "e.json")
     with pytest.raises(UserError, match="evaluation data folder .* not found"):
-        evaluate(tiny_model, None, "arc_easy", data_dir=tmp_path / "nowhere")
+        evaluate(tiny_model, None, "da_arc_easy", data_dir=tmp_path / "nowhere")
     with pytest.raises(UserError, match="allow_code_execution"):
-        evaluate(tiny_model, None, "humaneval", data_dir=tmp_path)
+        evaluate(tiny_model, None, "da_humaneval", data_dir=tmp_path)
     assert not (tmp_path / "e.json").exists()
 
 
 def test_ifeval_checks_need_no_nltk_data():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("da_eval_utils", ROOT / "eval" / "utils.py")
+    spec = importlib.util.spec_from_file_location("da_eval_utils", tasks_dir() / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     doc = {
@@ -111,7 +123,7 @@ def test_ifeval_checks_need_no_nltk_data():
 @needs_eval_data
 def test_lm_eval_tasks_score_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "round_0" / "eval.json"
-    result = evaluate(tiny_model, None, "arc_easy,gsm8k,ifeval", limit=2, batch_size=2, out_file=out, max_gen_toks=8)
+    result = evaluate(tiny_model, None, "da_arc_easy,da_gsm8k,da_ifeval", limit=2, batch_size=2, out_file=out, max_gen_toks=8)
     saved = strict_json(out)
     assert saved["metrics"] == result["metrics"]
     lm = saved["lm_eval"]
@@ -221,7 +233,7 @@ def test_adapter_reaches_lm_eval_and_our_metrics(tiny_model, tmp_path):
     lora.save_pretrained(adapter)
     root = fake_data_root(tmp_path / "data")
     spec = HeldoutSpec(sources=["alpaca"], n_per_source=3, data_root=root)
-    result = evaluate(tiny_model, adapter, "arc_easy,heldout_loss", limit=2, batch_size=2, heldout=spec)
+    result = evaluate(tiny_model, adapter, "da_arc_easy,heldout_loss", limit=2, batch_size=2, heldout=spec)
     assert 0.0 <= result["metrics"]["da_arc_easy/acc"] <= 1.0
     tok = load_tokenizer(tiny_model)
     with_adapter = heldout_loss(load_model(tiny_model, adapter, device="cpu"), tok, spec, limit=2)["value"]
@@ -379,3 +391,25 @@ def test_report_shows_source_coverage(tmp_path):
     assert (tmp_path / "report" / "coverage_source.png").is_file()
     md = written["markdown"].read_text()
     assert "Coverage of sources and templates" in md and "Selected rows per source" in md
+
+
+def test_an_lm_eval_builtin_task_runs_by_its_registry_name(tiny_model, tmp_path, monkeypatch):
+    """`arc_easy` is lm-eval's own task: its registry config (prompt, choices, metrics) runs unchanged. Offline,
+    its hub dataset is served here from a tiny local copy, as the Hugging Face datasets cache would serve it."""
+    import datasets
+    import lm_eval.api.task
+
+    rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "choices": {"text": [str(i + 1), "7"], "label": ["A", "B"]},
+             "answerKey": "A"} for i in range(3)]
+    asked = []
+
+    def local_hub_copy(path=None, name=None, **kwargs):
+        asked.append((path, name))
+        split = datasets.Dataset.from_list(rows)
+        return datasets.DatasetDict({"train": split, "validation": split, "test": split})
+
+    monkeypatch.setattr(lm_eval.api.task.datasets, "load_dataset", local_hub_copy)
+    result = evaluate(tiny_model, None, "arc_easy", limit=3, batch_size=2, out_file=tmp_path / "eval.json")
+    assert asked == [("allenai/ai2_arc", "ARC-Easy")]  # lm-eval's own config named the dataset
+    assert result["lm_eval"]["n-samples"]["arc_easy"]["effective"] == 3
+    assert 0.0 <= result["metrics"]["arc_easy/acc"] <= 1.0

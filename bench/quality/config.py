@@ -79,8 +79,8 @@ class QualityConfig(Strict):
     name: str
     description: str = ""
     model: str = Field(description="base model folder (relative to this file), or `tiny`")
-    data_root: Optional[str] = Field(None, description="folder holding pools/ (default: the toolkit's), or `fixture`")
-    eval_data_dir: Optional[str] = Field(None, description="lm-eval data folder (default: the toolkit's)")
+    data_root: Optional[str] = Field(None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA), or `fixture`")
+    eval_data_dir: Optional[str] = Field(None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
     output: str = Field(description="folder for the pool, recipes and run folders (git-ignored)")
     results: str = Field(description="folder for RESULTS.md and the plots")
     pool: PoolConfig

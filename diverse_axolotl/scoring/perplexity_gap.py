@@ -3,7 +3,7 @@
     score(x) = -log( PPL(x + y_gen) / PPL(x + y_gold) ) = log PPL(y_gold | x) - log PPL(y_gen | x)
              = mean NLL of the gold answer tokens - mean NLL of the generated answer tokens
 
-y_gen is the model's greedy answer to the prompt (`evaluation.greedy_generate`, at most `max_new_tokens`). Both
+y_gen is the model's greedy answer to the prompt (`inference.greedy_generate`, at most `max_new_tokens`). Both
 answers are scored exactly as the `perplexity` scorer scores the gold one (`token_stats.response_token_stats`):
 answer tokens plus EOS, given the prompt, the prompt cut from the left to fit `max_length`. Higher: the gold answer
 is further from what the model would say by itself, so there is more left to learn on this row: iterative_kmq
@@ -43,7 +43,7 @@ class PerplexityGapScorer(Scorer):
     Params = PerplexityGapParams
 
     def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
-        from ..evaluation import greedy_generate
+        from ..inference import greedy_generate
 
         p = self.params
         pairs = [prompt_and_response(r, fmt, tokenizer) for r in rows]

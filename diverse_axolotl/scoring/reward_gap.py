@@ -41,7 +41,7 @@ class RewardGapScorer(Scorer):
     def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from ..evaluation import greedy_generate
+        from ..inference import greedy_generate
 
         self.check_ready(None)
         device = next(model.parameters()).device

@@ -1,0 +1,264 @@
+"""Held-out rows of instruction pools and our two metrics on them: answer-token loss and exact match.
+
+  heldout_loss  mean NLL of the answer tokens given the prompt (the same pass as the perplexity scorer), averaged
+                over each source's held-out rows, then macro-averaged over sources (lower is better)
+  t0_exact      greedy answers to held-out rows of each T0 template, exact match after strip/lower (and without
+                `<|endoftext|>`), averaged per template, then macro-averaged over templates
+Held-out rows are fixed by (source, seed): `heldout_rows` / `HeldoutSpec.excluded_ids()` name them so a benchmark
+can keep them out of its training pool. Rows are shown to the model in Alpaca format (`prompt_and_response`).
+The pool files are read under a data root that the caller names (`HeldoutSpec.data_root` or
+$DIVERSE_AXOLOTL_DATA): the library has no default folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..data import _open_text, prompt_and_response
+from ..errors import UserError, did_you_mean
+from ..inference import greedy_generate
+
+DATA_ENV = "DIVERSE_AXOLOTL_DATA"
+EOT = "<|endoftext|>"
+
+
+def default_data_root() -> Path:
+    """The folder holding `pools/`: $DIVERSE_AXOLOTL_DATA (no default: the data are the user's)."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser().resolve()
+    raise UserError(f"held-out metrics need the folder holding pools/: set heldout.data_root or ${DATA_ENV}")
+
+
+@dataclass(frozen=True)
+class HeldoutSource:
+    """One pool file and how its fields become an Alpaca row {instruction, input, output}."""
+
+    name: str
+    path: str  # relative to the data root
+    fields: dict[str, str]  # alpaca field -> field of the file's rows
+    group_by: Optional[str] = None  # held-out rows are drawn per value of this field (T0: the template)
+    strip_suffix: str = ""  # removed from the answer (T0 completions end in <|endoftext|>)
+    skip_if: Optional[str] = None  # rows where this field is non-empty are never held out (LIMA's multi-turn rows)
+
+    def to_alpaca(self, raw: dict) -> dict:
+        out = str(raw[self.fields["output"]])
+        if self.strip_suffix and out.endswith(self.strip_suffix):
+            out = out[: -len(self.strip_suffix)]
+        inp = raw.get(self.fields["input"]) if "input" in self.fields else ""
+        return {"instruction": str(raw[self.fields["instruction"]]), "input": str(inp or ""), "output": out}
+
+    def eligible(self, raw: dict) -> bool:
+        return not (self.skip_if and raw.get(self.skip_if))
+
+
+_ALPACA_FIELDS = {"instruction": "instruction", "input": "input", "output": "output"}
+SOURCES: dict[str, HeldoutSource] = {
+    s.name: s
+    for s in (
+        HeldoutSource("alpaca", "pools/alpaca/alpaca_5000.json", _ALPACA_FIELDS),
+        HeldoutSource("code_alpaca", "pools/code_alpaca/code_alpaca_2k.json", _ALPACA_FIELDS),
+        HeldoutSource("lima", "pools/lima/lima_llamafactory.json", _ALPACA_FIELDS, skip_if="history"),
+        HeldoutSource("gsm8k", "pools/gsm8k_train.jsonl", {"instruction": "question", "output": "answer"}),
+        HeldoutSource(
+            "t0", "pools/t0_train_50k.jsonl.xz", {"instruction": "prompt", "output": "completion"},
+            group_by="template", strip_suffix=EOT,
+        ),
+    )
+}
+T0_SOURCE = "t0"
+HELDOUT_FORMAT = "alpaca"
+
+
+class HeldoutRow(NamedTuple):
+    index: int  # row number in the source file
+    group: str  # the T0 template, or the source name
+    row: dict  # Alpaca format
+
+
+@functools.lru_cache(maxsize=8)
+def _read_source(path: str) -> tuple[dict, ...]:
+    """Rows of a pool file (JSON list or JSON lines, optionally .gz/.xz), cached for the process.
+
+    Lines are split on '\\n' only: T0 prompts hold raw U+2028 characters, which str.splitlines() would split on.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: held-out source file not found (set {DATA_ENV} or heldout.data_root)")
+    with _open_text(p) as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):
+        try:
+            return tuple(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{p}:{lineno}: malformed JSON ({exc.msg})") from None
+    return tuple(rows)
+
+
+def _stable_rng(seed: int, *keys: str) -> np.random.Generator:
+    return np.random.default_rng([seed & 0xFFFFFFFF] + [zlib.crc32(k.encode("utf-8")) for k in keys])
+
+
+def heldout_rows(
+    source: str,
+    n: int,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    max_groups: int | None = None,
+) -> list[HeldoutRow]:
+    """n held-out rows of a source (n per template for T0), in file order; deterministic in (source, seed).
+
+    Each group's rows are a seeded permutation's first n, so a smaller n picks a subset of a larger one's rows (and
+    `max_groups` keeps a prefix of a seeded permutation of the sorted groups). Excluding `heldout_ids(...)` with the
+    largest n used keeps every evaluated row out of training.
+    """
+    if source not in SOURCES:
+        raise UserError(f"unknown held-out source '{source}'{did_you_mean(source, SOURCES)}; sources: {', '.join(SOURCES)}")
+    src = SOURCES[source]
+    root = Path(data_root) if data_root is not None else default_data_root()
+    raws = _read_source(str((root / src.path).resolve()))
+    groups: dict[str, list[int]] = {}
+    for i, raw in enumerate(raws):
+        if src.eligible(raw):
+            key = str(raw[src.group_by]) if src.group_by else source
+            groups.setdefault(key, []).append(i)
+    names = sorted(groups)
+    if max_groups is not None and max_groups < len(names):
+        order = _stable_rng(seed, source, "groups").permutation(len(names))
+        names = sorted(names[j] for j in order[:max_groups])
+    picked: list[HeldoutRow] = []
+    for name in names:
+        candidates = np.asarray(groups[name])
+        chosen = candidates[_stable_rng(seed, source, name).permutation(len(candidates))[:n]]
+        picked.extend(HeldoutRow(int(i), name, src.to_alpaca(raws[int(i)])) for i in chosen)
+    picked.sort(key=lambda r: r.index)
+    return picked
+
+
+def heldout_ids(source: str, n: int, seed: int = 0, data_root: str | Path | None = None) -> list[int]:
+    """Row numbers (in the source file) of `heldout_rows(source, n, seed)`: what a training pool should leave out."""
+    return [r.index for r in heldout_rows(source, n, seed, data_root)]
+
+
+class HeldoutSpec(BaseModel):
+    """Which held-out rows our metrics use, and how they are scored."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] = Field(default_factory=lambda: list(SOURCES), description="sources averaged by heldout_loss")
+    n_per_source: int = Field(64, gt=0, description="held-out rows per source (not T0)")
+    n_per_template: int = Field(2, gt=0, description="held-out rows per T0 template (heldout_loss and t0_exact)")
+    max_templates: Optional[int] = Field(None, gt=0, description="use only this many T0 templates (seeded choice)")
+    seed: int = Field(0, description="fixes which rows are held out")
+    max_length: int = Field(512, gt=8, description="tokens of prompt + answer; the prompt is cut from the left")
+    batch_tokens: int = Field(8192, gt=0, description="padded tokens per batch")
+    max_new_tokens: int = Field(128, gt=0, description="t0_exact: at most this many generated tokens per answer")
+    data_root: Optional[Path] = Field(None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA)")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one source")
+        for name in value:
+            if name not in SOURCES:
+                raise ValueError(f"unknown source '{name}'{did_you_mean(name, SOURCES)}; sources: {', '.join(SOURCES)}")
+        return value
+
+    def n_for(self, source: str, limit: int | None = None) -> int:
+        n = self.n_per_template if SOURCES[source].group_by else self.n_per_source
+        return min(n, limit) if limit else n
+
+    def groups_for(self, source: str, limit: int | None = None) -> int | None:
+        if not SOURCES[source].group_by:
+            return None
+        caps = [c for c in (self.max_templates, limit) if c]
+        return min(caps) if caps else None
+
+    def rows(self, source: str, limit: int | None = None) -> list[HeldoutRow]:
+        return heldout_rows(source, self.n_for(source, limit), self.seed, self.data_root, self.groups_for(source, limit))
+
+    def excluded_ids(self, sources: Iterable[str] | None = None) -> dict[str, list[int]]:
+        """Per source, the row numbers our metrics may evaluate (the full held-out slice, whatever `limit`)."""
+        names = list(sources) if sources is not None else sorted(set(self.sources) | {T0_SOURCE})
+        return {name: [r.index for r in self.rows(name)] for name in names}
+
+
+
+# ------------------------------------------------------------------------------------------------ our metrics
+def _fit_length(model, wanted: int) -> int:
+    """`wanted`, or less when the model has fewer positions."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(wanted, int(positions)) if isinstance(positions, int) and positions > 0 else wanted
+
+
+def heldout_loss(model, tokenizer, spec: HeldoutSpec, limit: int | None = None) -> dict[str, Any]:
+    """Mean answer-token NLL per source's held-out rows, and their macro average over sources."""
+    from ..scoring.token_stats import response_token_stats
+
+    per_source = {}
+    for name in spec.sources:
+        rows = spec.rows(name, limit)
+        pairs = [prompt_and_response(r.row, HELDOUT_FORMAT, tokenizer) for r in rows]
+        stats = response_token_stats(
+            model, tokenizer, pairs, _fit_length(model, spec.max_length), spec.batch_tokens, desc=f"held-out loss: {name}"
+        )
+        per_source[name] = {"loss": float(np.mean(stats["nll"])), "rows": len(rows)}
+    return {
+        "value": float(np.mean([s["loss"] for s in per_source.values()])),
+        "per_source": per_source,
+        "higher_is_better": False,
+    }
+
+
+def normalise_answer(text: str) -> str:
+    return text.replace(EOT, "").strip().lower()
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return normalise_answer(prediction) == normalise_answer(gold)
+
+
+def t0_exact(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, slack_tokens: int = 8) -> dict[str, Any]:
+    """Exact match of greedy answers on held-out rows of each T0 template, macro-averaged over templates.
+
+    Each row may generate its gold answer's token count + `slack_tokens` (at most `spec.max_new_tokens`): a longer
+    answer cannot match, so generating further only costs time. Gold answers longer than max_new_tokens count as
+    misses.
+    """
+    rows = spec.rows(T0_SOURCE, limit)
+    pairs = [prompt_and_response(r.row, HELDOUT_FORMAT, tokenizer) for r in rows]
+    budgets = [
+        min(len(tokenizer(gold, add_special_tokens=False)["input_ids"]) + slack_tokens, spec.max_new_tokens)
+        for _, gold in pairs
+    ]
+    predictions = greedy_generate(
+        model, tokenizer, [p for p, _ in pairs], budgets, _fit_length(model, spec.max_length), spec.batch_tokens,
+        desc="t0 exact match",
+    )
+    hits: dict[str, list[bool]] = {}
+    for r, (_, gold), pred in zip(rows, pairs, predictions):
+        hits.setdefault(r.group, []).append(exact_match(pred, gold))
+    per_template = {name: float(np.mean(v)) for name, v in sorted(hits.items())}
+    return {
+        "value": float(np.mean(list(per_template.values()))) if per_template else float("nan"),
+        "per_template": per_template,
+        "templates": len(per_template),
+        "rows": len(rows),
+        "higher_is_better": True,
+    }
+
