@@ -4,8 +4,8 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/diverse-axolotl
 MODEL := models/SmolLM2-135M-Instruct
 
-# CPU-friendly, offline, quiet: OMP_NUM_THREADS=1 is ~70x faster for Axolotl on 2 cores; no hub, no telemetry.
-export OMP_NUM_THREADS ?= 1
+# Offline and quiet: no hub, no telemetry. Threads: on a CPU, training, embedding and scoring use every available
+# core (an OMP_NUM_THREADS you set caps training; bench/RESULTS.md has the measurements).
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export AXOLOTL_DO_NOT_TRACK := 1

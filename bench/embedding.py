@@ -1,11 +1,13 @@
 """Embedding throughput: the reference way against ours, on the same rows, in one run.
 
-    python bench/embedding.py [--model models/SmolLM2-135M-Instruct] [--rows 64] [--max-length 256]
+    python bench/embedding.py [--model models/SmolLM2-135M-Instruct] [--rows 200] [--reference-rows 64] [--max-length 256]
 
 (a) reference: one row at a time, float32, the full causal LM with all hidden states (as DiverseEvol's code does);
-(b) ours: `diverse_axolotl.embedding` (length-sorted token-budget batches, transformer body only; bf16 on GPU).
-Prints tokens/s of each, the ratio, the largest relative difference between the two embeddings, and on a GPU the
-achieved fraction of the FLOP floor (2 * params * tokens at the measured bf16 matmul rate).
+(b) ours: `diverse_axolotl.embedding` (length-sorted token-budget batches, transformer body only), in float32 and
+in bfloat16 (what `dtype: auto` picks on a GPU and on a CPU with native bf16).
+Prints tokens/s of each and the ratios, the largest relative difference to the reference, how far bf16 embeddings
+are from fp32 ones, the overlap of the first 50 k-center picks (bf16 vs fp32, as a set and in order), and on a GPU
+the achieved fraction of the FLOP floor (2 * params * tokens at the measured bf16 matmul rate).
 """
 
 from __future__ import annotations
@@ -54,11 +56,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct"))
     ap.add_argument("--pool", default=str(ROOT / "tests" / "data" / "alpaca_200.json"))
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--reference-rows", type=int, default=None, help="rows for the slow reference (default: --rows)")
+    ap.add_argument("--rows", type=int, default=200, help="rows embedded by ours (default: the demo pool's 200)")
+    ap.add_argument("--reference-rows", type=int, default=64, help="rows for the slow reference")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: 16384 on a GPU, 2048 on a CPU")
+    ap.add_argument("--picks", type=int, default=50, help="k-center picks compared between bf16 and fp32")
     args = ap.parse_args()
+
+    from diverse_axolotl.models import cpu_supports_bf16
+    from diverse_axolotl.selection import get_selector
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.batch_tokens is None:  # big batches help a GPU; on a CPU they were slower than small ones (cache)
@@ -66,7 +72,7 @@ def main() -> None:
     rows = json.loads(Path(args.pool).read_text())[: args.rows]
     tok = load_tokenizer(args.model)
     ids = tokenize_texts(tok, ["".join(prompt_and_response(r, "alpaca")) for r in rows], args.max_length)
-    n_ref = args.reference_rows or len(ids)
+    n_ref = min(args.reference_rows, len(ids))
     ref_tokens, all_tokens = sum(map(len, ids[:n_ref])), sum(map(len, ids))
 
     fp32 = load_model(args.model, device=device.type, dtype="float32")
@@ -78,28 +84,44 @@ def main() -> None:
     ref_s = time.perf_counter() - start
     del fp32
 
-    ours_model = load_model(args.model, device=device.type, dtype="auto")
-    embed_token_ids(ours_model, ids[:2], tok.pad_token_id, batch_tokens=args.batch_tokens)  # warm-up
-    start = time.perf_counter()
-    ours = embed_token_ids(ours_model, ids, tok.pad_token_id, batch_tokens=args.batch_tokens)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    ours_s = time.perf_counter() - start
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        model = load_model(args.model, device=device.type, dtype=dtype)
+        embed_token_ids(model, ids[:2], tok.pad_token_id, batch_tokens=args.batch_tokens)  # warm-up
+        start = time.perf_counter()
+        emb = embed_token_ids(model, ids, tok.pad_token_id, batch_tokens=args.batch_tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        results[dtype] = (emb, time.perf_counter() - start, model)
 
-    rel = np.abs(ours[:n_ref] - ref).max(axis=1) / np.abs(ref).max(axis=1)
-    ref_rate, ours_rate = ref_tokens / ref_s, all_tokens / ours_s
-    dtype = next(ours_model.parameters()).dtype
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch threads {torch.get_num_threads()}")
-    print(f"rows {len(ids)} ({all_tokens:,} tokens; reference on {n_ref} rows, {ref_tokens:,} tokens), max_length {args.max_length}")
-    print(f"{'way':<44}{'seconds':>10}{'tokens/s':>14}")
-    print(f"{'reference: one row at a time, float32':<44}{ref_s:>10.2f}{ref_rate:>14,.0f}")
-    print(f"{'ours: length-sorted token batches, ' + str(dtype).replace('torch.', ''):<44}{ours_s:>10.2f}{ours_rate:>14,.0f}")
-    print(f"speed-up (ours / reference): {ours_rate / ref_rate:.2f}x")
-    print(f"max relative difference of the embeddings: {rel.max():.2e}")
+    ref_rate = ref_tokens / ref_s
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch threads"
+          f" {torch.get_num_threads()}, native bf16 on this CPU: {cpu_supports_bf16()}")
+    print(f"rows {len(ids)} ({all_tokens:,} tokens; reference on {n_ref} rows, {ref_tokens:,} tokens), max_length"
+          f" {args.max_length}, batch_tokens {args.batch_tokens}")
+    print(f"{'way':<52}{'seconds':>10}{'tokens/s':>14}{'vs ref':>9}{'vs fp32':>9}")
+    print(f"{'reference: one row at a time, float32':<52}{ref_s:>10.2f}{ref_rate:>14,.0f}{1:>8.2f}x")
+    fp32_rate = all_tokens / results["float32"][1]
+    for dtype, (emb, seconds, _) in results.items():
+        rate = all_tokens / seconds
+        print(f"{'ours: length-sorted token batches, ' + dtype:<52}{seconds:>10.2f}{rate:>14,.0f}"
+              f"{rate / ref_rate:>8.2f}x{rate / fp32_rate:>8.2f}x")
+    e32, e16 = results["float32"][0], results["bfloat16"][0]
+    rel = np.abs(e32[:n_ref] - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    print(f"max relative difference, ours fp32 vs reference: {rel.max():.2e}")
+    row_rel = np.linalg.norm(e16 - e32, axis=1) / np.linalg.norm(e32, axis=1)
+    print(f"bf16 vs fp32 per row, |e16 - e32| / |e32|: median {np.median(row_rel):.2%}, max {row_rel.max():.2%}")
+    k = min(args.picks, len(ids))
+    kc = get_selector("kcenter", device="cpu")
+    p32, p16 = kc.select(e32, k).tolist(), kc.select(e16, k).tolist()
+    same_order = next((i for i, (a, b) in enumerate(zip(p32, p16)) if a != b), k)
+    print(f"k-center, first {k} picks on these {len(ids)} rows: bf16 and fp32 share {len(set(p32) & set(p16))} of {k}"
+          f" (identical order for the first {same_order})")
     if device.type == "cuda":
-        params = sum(p.numel() for p in ours_model.parameters())
-        floor_s = 2 * params * all_tokens / matmul_rate(device, dtype)
-        print(f"FLOP floor {floor_s:.3f} s at the measured matmul rate: achieved {floor_s / ours_s:.1%} of it")
+        model = results["bfloat16"][2]
+        params = sum(p.numel() for p in model.parameters())
+        floor_s = 2 * params * all_tokens / matmul_rate(device, torch.bfloat16)
+        print(f"FLOP floor {floor_s:.3f} s at the measured matmul rate: achieved {floor_s / results['bfloat16'][1]:.1%} of it")
 
 
 if __name__ == "__main__":

@@ -114,11 +114,13 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
     import json
 
     from .data import file_sha256
+    from .models import dtype_name
 
     adapter_digest = file_sha256(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
     payload = {
         "pool": pool_digest, "model": model_fingerprint(base_model), "adapter": adapter_digest,
-        "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length, "dtype": spec.dtype,
+        "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length,
+        "dtype": dtype_name(spec.dtype, spec.device),  # what `auto` stands for on this machine
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -551,15 +551,28 @@ class Loop:
         texts = ["".join(prompt_and_response(self.rows[i], self.sel.pool.format, self.tokenizer)) for i in picks]
         return sum(len(ids) > int(limit) for ids in self.tokenizer(texts)["input_ids"])
 
+    def _note_dtype(self) -> None:
+        """One line, once per run: the dtype embedding and scoring run in (auto is bf16 on a capable CPU)."""
+        if getattr(self, "_dtype_noted", False):
+            return
+        from .models import dtype_name, resolve_device
+
+        self._dtype_noted = True
+        spec = self.sel.embedding
+        self.log(f"embedding and scoring in {dtype_name(spec.dtype, spec.device)} on {resolve_device(spec.device)}"
+                 f" (selection.embedding.dtype: {spec.dtype}; float32 and bfloat16 can be asked for)")
+
     def _model(self, k: int):
         from .models import load_model
 
+        self._note_dtype()
         spec = self.sel.embedding
         return load_model(self.recipe.axolotl["base_model"], self.paths.adapter(k), spec.device, spec.dtype, self._trust_remote_code)
 
     def _base_model(self):
         from .models import load_model
 
+        self._note_dtype()
         spec = self.sel.embedding
         return load_model(self.recipe.axolotl["base_model"], None, spec.device, spec.dtype, self._trust_remote_code)
 
