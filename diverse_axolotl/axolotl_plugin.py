@@ -39,6 +39,9 @@ class StepProgress(TrainerCallback):
         self._advance = self._bar.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
+        from .loop import pause_point
+
+        pause_point("training-step")  # tests deliver Ctrl-C here, inside Axolotl's training loop
         if self._advance is not None:
             self._advance(1)
 

@@ -10,27 +10,39 @@ from pathlib import Path
 
 import click
 
+from . import interrupt
 from .errors import UserError
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 
 
 def friendly_errors(fn):
-    """UserError (and a missing file) -> one red line and exit code 1; --debug shows the traceback."""
+    """UserError (and a missing file) -> one red line and exit code 1; --debug shows the traceback.
+    Ctrl-C at any stage -> our one line and exit code 130 (see `interrupt`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         try:
-            return fn(*args, **kwargs)
+            with interrupt.handling_interrupts():
+                return fn(*args, **kwargs)
         except UserError as exc:
-            if ctx.find_root().params.get("debug"):
+            if ctx.find_root().params.get("debug") and not interrupt.requested():
                 raise
+            if interrupt.requested():
+                interrupt.say_interrupted()
+                sys.exit(130)
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.secho("interrupted: finished rounds are kept; continue with --resume", fg="yellow", err=True)
+            interrupt.say_interrupted()
             sys.exit(130)
+        except BaseException:
+            # Ctrl-C that a library turned into another exception or an exit status on its way out
+            if interrupt.requested() and not ctx.find_root().params.get("debug"):
+                interrupt.say_interrupted()
+                sys.exit(130)
+            raise
 
     return wrapper
 
@@ -76,7 +88,7 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
 @main.command()
 @click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its last finished round")
-@click.option("--force", is_flag=True, help="delete an output_dir that holds a different recipe's run")
+@click.option("--force", is_flag=True, help="delete what a different recipe's run wrote in output_dir (round folders, run.json, summary.json; nothing else)")
 @friendly_errors
 def run(recipe_file: Path, resume: bool, force: bool) -> None:
     """Run every round of a recipe (re-running continues where it stopped)."""
@@ -85,9 +97,13 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
 
     recipe = load_recipe(recipe_file)
     loop = Loop(recipe, log=lambda msg: click.echo(msg, err=True))
-    loop.preflight()
-    loop.prepare(resume=resume, force=force)
-    summary = loop.run()
+    with loop.lock():  # one run per folder; released however this process ends
+        from .loop import pause_point
+
+        pause_point("locked")
+        loop.preflight()
+        loop.prepare(resume=resume, force=force)
+        summary = loop.run()
     _print_summary(summary)
     click.echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
 

@@ -31,7 +31,6 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -765,7 +764,7 @@ class Loop:
                     summary.append(json.loads(self.paths.done(k).read_text()))
                     self.log(f"round {k}: finished earlier, reusing it")
                     continue
-                self.log(f"round {k}: finished earlier, but {', '.join(missing)} missing in {self.paths.root}; redoing that")
+                self.log(f"round {k}: finished earlier, but lacks {', '.join(missing)} (in {self.paths.root}); redoing that")
                 earlier = json.loads(self.paths.done(k).read_text())
             pause_point(f"round:{k}")
             t = time.perf_counter()

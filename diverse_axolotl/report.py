@@ -135,6 +135,7 @@ class Run:
     diversity: dict[int, dict[str, float]] = field(default_factory=dict)
     diversity_round: int | None = None  # whose embeddings the diversity is measured in
     map_round: int | None = None  # whose embeddings the map shows
+    unfinished: str | None = None  # why the run is not finished, None when it is
 
 
 def _read_json(path: Path) -> Any:
@@ -168,11 +169,16 @@ def load_run(path: Path) -> Run:
     selection = (info.get("recipe") or {}).get("selection") or {}
     run = Run(path=path, selector=str((selection.get("selector") or {}).get("name", "unknown")), seed=selection.get("seed"))
     by_round = {int(row["round"]): row for row in summary if isinstance(row, dict) and "round" in row}
+    for k, folder in rounds.items():  # a run still going (or stopped) has no summary yet: its rounds' done.json
+        if k not in by_round and (folder / "done.json").is_file():
+            by_round[k] = _read_json(folder / "done.json")
     for k in sorted(set(rounds) | set(by_round)):
         manifest_path = path / f"round_{k}" / "manifest.json"
         if manifest_path.is_file():
             run.manifests[k] = _read_json(manifest_path)
-        row = by_round.get(k, {})
+        row = by_round.get(k)
+        if row is None:  # selected but not trained (yet): its rows are no training result
+            continue
         n_rows = row.get("rows", len(run.manifests.get(k, {}).get("indices", [])) or None)
         if n_rows is None:
             continue
@@ -190,8 +196,20 @@ def load_run(path: Path) -> Run:
         timing = {s: float(row[s]) for s in (*STAGES, "round_s") if isinstance(row.get(s), (int, float))}
         if timing:
             run.timings[k] = timing
+    run.unfinished = _unfinished(path, selection, run.rounds, summary)
     _add_diversity(run)
     return run
+
+
+def _unfinished(path: Path, selection: dict, trained: list[int], summary: list) -> str | None:
+    """Why a run is not finished (rounds trained so far, out of how many), or None: a report over a stopped or
+    running run must not read as a finished one."""
+    planned = selection.get("rounds")
+    total = planned + 1 if isinstance(planned, int) else None
+    if summary and (total is None or len(trained) >= total):
+        return None
+    done = f"rounds {', '.join(map(str, trained))} trained" if trained else "no round trained yet"
+    return f"unfinished: {done}" + (f" of {total} (0..{planned})" if total is not None else "") + "; no summary.json yet"
 
 
 LABEL_KINDS = ("source", "template")
@@ -479,10 +497,14 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     blocks: list[tuple] = [("h", 1, "Data selection report")]
 
     blocks.append(("h", 2, "Runs"))
-    blocks.append(("table", ["run", "folder", "selector", "seed", "rounds", "rows (last round)"], [
-        [r.label, str(r.path), r.selector, _fmt(r.seed), str(len(r.rounds)), _fmt(r.rows[r.rounds[-1]] if r.rounds else None)]
+    blocks.append(("table", ["run", "folder", "selector", "seed", "rounds", "rows (last round)", "status"], [
+        [r.label, str(r.path), r.selector, _fmt(r.seed), str(len(r.rounds)), _fmt(r.rows[r.rounds[-1]] if r.rounds else None),
+         r.unfinished or "finished"]
         for r in runs
     ]))
+    for r in runs:
+        if r.unfinished:
+            blocks.append(("p", f"{r.label} ({r.path}) is {r.unfinished}: this report shows only its trained rounds."))
 
     metric_names = sorted({m for r in runs for ms in r.metrics.values() for m in ms}, key=lambda m: (m != "train_loss", m))
     blocks.append(("h", 2, "Metrics by training rows"))
@@ -539,4 +561,5 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     md, page = out_dir / "report.md", out_dir / "report.html"
     _write_text(md, _to_markdown(blocks))
     _write_text(page, _to_html(blocks, "Data selection report"))
-    return {"markdown": md, "html": page, "pngs": pngs, "runs": [r.label for r in runs]}
+    return {"markdown": md, "html": page, "pngs": pngs, "runs": [r.label for r in runs],
+            "unfinished": {str(r.path): r.unfinished for r in runs if r.unfinished}}

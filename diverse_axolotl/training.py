@@ -7,8 +7,11 @@ imported once per process (it costs seconds) and its logs go to a file in the ro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +100,57 @@ def cpu_defaults() -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def our_sigint():
+    """Keep Ctrl-C ours across an Axolotl call. Axolotl's train() installs a SIGINT handler that saves the model
+    and exits with status 0, and leaves it installed for the rest of the process: a script running
+    `diverse-axolotl run && next-step` would go on as if the run had succeeded. Its installer is disabled for the
+    call and whatever handler was there before is put back afterwards, so Ctrl-C stays a KeyboardInterrupt
+    (exit 130 with one line) at every stage."""
+    saved = signal.getsignal(signal.SIGINT)
+    train_module = sys.modules.get("axolotl.train")
+    installer = getattr(train_module, "setup_signal_handler", None)
+    if installer is not None:
+        train_module.setup_signal_handler = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if installer is not None:
+            train_module.setup_signal_handler = installer
+        if saved is not None:
+            signal.signal(signal.SIGINT, saved)
+
+
+@contextlib.contextmanager
+def _pause_in_dataset_preparation(round_name: str):
+    """Test hook: with DIVERSE_AXOLOTL_PAUSE=datasets:<round folder>, the first row Axolotl maps while preparing
+    the round's dataset waits there (see `loop.pause_point`), so that a test can deliver Ctrl-C at that stage."""
+    from .loop import PAUSE_ENV, pause_point
+
+    point = f"datasets:{round_name}"
+    if os.environ.get(PAUSE_ENV) != point:
+        yield
+        return
+    from datasets import Dataset
+
+    original = Dataset.map
+
+    def pausing_map(self, function=None, *args, **kwargs):
+        if function is not None:
+            inner = function
+
+            def function(*a, **k):
+                pause_point(point)
+                return inner(*a, **k)
+
+        return original(self, function, *args, **kwargs)
+
+    Dataset.map = pausing_map
+    try:
+        yield
+    finally:
+        Dataset.map = original
+
 
 def _import_axolotl():
     for key, value in AXOLOTL_ENV.items():
@@ -147,11 +201,11 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg_file) as tmp:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    with logs_to(log_file or cfg_file.with_suffix(".log"), python_streams=False):
+    with our_sigint(), logs_to(log_file or cfg_file.with_suffix(".log"), python_streams=False):
         load_cfg, _, _ = _import_axolotl()
     check_unknown_keys(cfg)
     try:
-        with logs_to(log_file or cfg_file.with_suffix(".log")):
+        with our_sigint(), logs_to(log_file or cfg_file.with_suffix(".log")):
             return load_cfg(str(cfg_file))
     except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
         raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {_first_error_line(exc)}") from None
@@ -169,7 +223,7 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
     start = time.perf_counter()
     log_file = round_dir / "axolotl.log"
     axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
-    with logs_to(log_file):
+    with logs_to(log_file), our_sigint(), _pause_in_dataset_preparation(round_dir.name):
         _, load_datasets, train = _import_axolotl()
         # Axolotl creates the LoRA weights before the Trainer seeds anything, from the unseeded global RNG: the
         # same recipe would train different adapters (and so select different rows). Seed everything first.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +42,7 @@ def _set(recipe: dict, dotted: str, value) -> dict:
 
 DELETE = object()
 POOL_ROWS = [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)]
+CHAT_ROWS = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]} for i in range(20)]
 
 # (id, change to the recipe, raw pool file text or None for the good pool, expected fragments of the one line)
 CASES = [
@@ -64,14 +68,50 @@ CASES = [
     ("malformed-json-list", None, '[\n {"instruction": "a",\n  "output": "b"},\n oops\n]', ["pool.json:4:", "malformed JSON"]),
     ("row-missing-field", None, json.dumps([{"instruction": "a"}] * 20), ["pool.json", "row 0 has no 'output' field"]),
     ("row-not-object", None, json.dumps(["a string"] * 20), ["pool.json", "row 0 is a str"]),
+    # issue 12, item 5: a key written twice is refused at any depth (YAML would keep the last one silently)
+    ("duplicate-key", "RAW:base_model: m\nlearning_rate: 0.001\nlearning_rate: 0.5\n", None,
+     ["recipe.yaml:3:", "duplicate key 'learning_rate'", "first on line 2"]),
+    ("duplicate-nested-key", "RAW:selection:\n  per_round: 4\n  per_round: 6\n", None, ["recipe.yaml:3:", "duplicate key 'per_round'"]),
+    ("duplicate-block", "RAW:selection:\n  seed_size: 4\noutput_dir: run\nselection:\n  seed_size: 5\n", None,
+     ["recipe.yaml:4:", "duplicate key 'selection'", "first on line 1"]),
+    # item 6: field types, named by row and field (a number where text is meant would crash the tokenizer)
+    ("field-not-text", None, json.dumps(POOL_ROWS[:5] + [{"instruction": "x", "input": "", "output": 42}] + POOL_ROWS[5:]),
+     ["pool.json: row 5", "field 'output' is a number (42), expected text", "(rows counted from 0)"]),
+    ("chat-content-not-text", ("selection.pool.format", "chat"), json.dumps(CHAT_ROWS[:2] + [{"messages": [
+        {"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "b"}]}] + CHAT_ROWS[2:]),
+     ["pool.json: row 2", "messages[0].content is a list, expected text"]),
+    # item 7: strict types and clear rules
+    ("bool-as-int", ("selection.seed", True), None, ["selection.seed", "valid integer", "True"]),
+    ("string-as-int", ("selection.per_round", "6"), None, ["selection.per_round", "valid integer", "'6'"]),
+    ("kmq-clusters-not-below-pool", ("selection.selector", {"name": "kmq", "n_clusters": 20}), None,
+     ["selection.selector.n_clusters is 20", "only 20 rows", "file order"]),
+    ("chat-role-unknown", ("selection.pool.format", "chat"), json.dumps(CHAT_ROWS[:3] + [{"messages": [
+        {"role": "robot", "content": "a"}, {"role": "assistant", "content": "b"}]}] + CHAT_ROWS[3:]),
+     ["pool.json: row 3", "messages[0].role is 'robot'", "one of system, user, assistant"]),
+    # item 8 (and item 1 at validate): output_dir problems are one line at validate already
+    ("output-dir-is-a-file", ("output_dir", "pool.json"), None, ["output_dir", "pool.json is a file, not a folder"]),
+    ("output-dir-under-a-file", ("output_dir", "pool.json/run"), None, ["lies under", "pool.json, which is a file"]),
+    ("output-dir-read-only", "READ_ONLY", None, ["output_dir", "read-only"]),
+    ("output-dir-holds-the-inputs", ("output_dir", "."), None, ["output_dir", "holds the recipe", "--force"]),
+    ("output-dir-above-the-model", "MODEL_INSIDE", None, ["output_dir", "holds the base model"]),
+    # item 8: row numbers say what they count: file lines for JSON lines, rows from 0 for a JSON list
+    ("jsonl-names-the-line", None, '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n{"instruction": "e"}\n',
+     ["pool.json:4: the row on line 4 has no 'output' field"]),
 ]
 
 
 @pytest.mark.parametrize("case, change, pool_text, expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(tmp_path, tiny_model, case, change, pool_text, expected):
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model, monkeypatch, case, change, pool_text, expected):
     (tmp_path / "pool.json").write_text(json.dumps(POOL_ROWS) if pool_text is None else pool_text)
     recipe = json.loads(json.dumps(GOOD))
     recipe["base_model"] = str(tiny_model)
+    if change == "READ_ONLY":
+        _read_only_folder(tmp_path / "ro", monkeypatch)
+        change = ("output_dir", "ro/run")
+    if change == "MODEL_INSIDE":
+        shutil.copytree(tiny_model, tmp_path / "work" / "model")
+        recipe["base_model"] = str(tmp_path / "work" / "model")
+        change = ("output_dir", "work")
     if change == "NO_TOKENIZER":
         bare = tmp_path / "bare-model"
         bare.mkdir()
@@ -92,6 +132,15 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_model, case, change, pool_te
     for fragment in expected:
         assert fragment in lines[0], lines[0]
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def _read_only_folder(folder, monkeypatch) -> None:
+    """A folder nobody may write in; root ignores permission bits, so there the check is told so."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == folder else real_access(p, mode, **kw))
 
 
 @pytest.mark.slow
