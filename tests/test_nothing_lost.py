@@ -206,7 +206,9 @@ def test_a_stale_lock_is_taken_over(tmp_path):
 # -- items 4 and 2: Ctrl-C at every stage, --resume, and a finished round missing a file ------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_anywhere_exits_130_and_missing_files_are_redone(tmp_path, tiny_model, pool_file):
-    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 1})
+    # float32 embeddings: dtype auto decides per process by timing bf16 against fp32 on a CPU
+    embedding = {"max_length": 128, "batch_tokens": 2048, "dtype": "float32"}
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 1, "embedding": embedding})
     run = tmp_path / "run"
     # during Axolotl's training loop of round 0; then round 1's dataset preparation, after round 0 finished training
     # (Axolotl's own SIGINT handler, which exits 0, would have been installed by then)
