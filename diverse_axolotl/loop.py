@@ -1,6 +1,7 @@
 """The rounds: seed set -> train -> embed with the adapted model -> (score) -> select -> next round, resumable.
 
-Run folder layout (every file written atomically; a round counts as finished only when `round_K/done.json` exists):
+Run folder layout (every file written atomically; a round counts as finished only when `round_K/done.json` and every
+file the round promises exist, see `Loop.missing_artefacts`; `.diverse-axolotl.lock` while a run holds the folder):
 
     output_dir/run.json                 resolved recipe, its hash, versions, pool and model hashes
     output_dir/round_K/train.jsonl      the subset trained on in round K, in the pool's own format
