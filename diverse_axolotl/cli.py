@@ -12,6 +12,7 @@ import click
 
 from . import interrupt
 from .errors import UserError
+from .logs import default_log_dir, echo, only_our_output, say, terminal_err, terminal_out
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 
@@ -32,7 +33,7 @@ def friendly_errors(fn):
             if interrupt.requested():
                 interrupt.say_interrupted()
                 sys.exit(130)
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {exc}", fg="red", file=terminal_err())
             sys.exit(1)
         except KeyboardInterrupt:
             interrupt.say_interrupted()
@@ -50,8 +51,13 @@ def friendly_errors(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="show full tracebacks")
 @click.version_option(package_name="diverse-axolotl")
-def main(debug: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Self-evolving data selection for instruction tuning, trained with Axolotl."""
+    # Third-party output (warnings at import, log records, C-extension messages) goes to this verb's log file
+    # for as long as the verb runs; only our messages reach the terminal.
+    if ctx.invoked_subcommand is not None:
+        ctx.with_resource(only_our_output(default_log_dir() / f"{ctx.invoked_subcommand}.log"))
 
 
 @main.command()
@@ -68,21 +74,22 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
     if not skip_axolotl:
         loop.preflight()
     sel, rows, stats = recipe.selection, loop.rows, loop.pool_stats
-    click.echo(f"recipe {recipe.path} (hash {recipe.hash}) is valid")
-    click.echo(
+    echo(f"recipe {recipe.path} (hash {recipe.hash}) is valid")
+    echo(
         f"  pool      {sel.pool.path} ({len(rows)} rows, format {sel.pool.format}; {stats['empty_skipped']} empty"
         f" skipped, {stats['duplicates']} duplicate(s){' removed' if sel.pool.dedup else ''})"
     )
     params = ", ".join(f"{k}={v}" for k, v in sel.selector.params.items())
-    click.echo(f"  selector  {sel.selector.name}({params})" + (f", scorer {sel.scorer.name}" if sel.scorer else ""))
-    click.echo(
-        f"  rounds    0..{sel.rounds}: {sel.seed_size} random rows, then +{sel.per_round} per round"
+    echo(f"  selector  {sel.selector.name}({params})" + (f", scorer {sel.scorer.name}" if sel.scorer else ""))
+    echo(
+        f"  rounds    0..{sel.rounds}: {sel.seed_size} {'random rows' if sel.round0 == 'random' else f'rows by {sel.selector.name} on the base model'},"
+        f" then +{sel.per_round} per round"
         f" -> {sel.total_rows} rows ({100 * sel.total_rows / len(rows):.1f}% of the pool)"
     )
-    click.echo(f"  model     {recipe.axolotl['base_model']} (adapter: {recipe.axolotl.get('adapter', 'none')})")
-    click.echo(f"  output    {recipe.output_dir}")
-    click.echo("resolved recipe:")
-    click.echo(json.dumps(recipe.resolved(), indent=2, default=str))
+    echo(f"  model     {recipe.axolotl['base_model']} (adapter: {recipe.axolotl.get('adapter', 'none')})")
+    echo(f"  output    {recipe.output_dir}")
+    echo("resolved recipe:")
+    echo(json.dumps(recipe.resolved(), indent=2, default=str))
 
 
 @main.command()
@@ -96,7 +103,7 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
     from .recipe import load_recipe
 
     recipe = load_recipe(recipe_file)
-    loop = Loop(recipe, log=lambda msg: click.echo(msg, err=True))
+    loop = Loop(recipe, log=say)
     with loop.lock():  # one run per folder; released however this process ends
         from .loop import pause_point
 
@@ -105,7 +112,7 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
         loop.prepare(resume=resume, force=force)
         summary = loop.run()
     _print_summary(summary)
-    click.echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
+    echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
 
 
 def _print_summary(summary: list[dict]) -> None:
@@ -124,7 +131,7 @@ def _print_summary(summary: list[dict]) -> None:
         stages.add_column(headers[col], justify="right")
     for row in summary:
         stages.add_row(*(cell(row.get(col), 4 if col == "train_loss" else 1) for col in cols))
-    console = Console()
+    console = Console(file=terminal_out())
     console.print(stages)
     names = list(dict.fromkeys(m for row in summary for m in row.get("metrics", {})))
     if names:
@@ -157,19 +164,19 @@ def selectors(as_json: bool) -> None:
     }
     scorers = {name: {"description": cls.description, "params": params_of(cls)} for name, cls in available_scorers().items()}
     if as_json:
-        click.echo(json.dumps({"selectors": listing, "scorers": scorers}, indent=2, default=str))
+        echo(json.dumps({"selectors": listing, "scorers": scorers}, indent=2, default=str))
         return
     for title, entries in (("selectors (selection.selector)", listing), ("scorers (selection.scorer)", scorers)):
-        click.secho(title, underline=True)
+        echo(title, underline=True)
         for name, info in entries.items():
             uses = info.get("scores", "none")
             note = f"  [scores: {uses}" + (f", default scorer {info['default_scorer']}" if info.get("default_scorer") else "") + "]"
-            click.secho(f"  {name}", bold=True, nl=False)
-            click.echo(f"  {info['description']}" + (note if uses != "none" else ""))
+            echo(f"  {name}", bold=True, nl=False)
+            echo(f"  {info['description']}" + (note if uses != "none" else ""))
             for key, p in info["params"].items():
                 default = "required" if repr(p["default"]) == "PydanticUndefined" else repr(p["default"])
-                click.echo(f"      {key}: {p['type']} = {default}  {p['help']}")
-        click.echo()
+                echo(f"      {key}: {p['type']} = {default}  {p['help']}")
+        echo()
 
 
 def _type_name(annotation) -> str:
@@ -186,7 +193,7 @@ def prepare_model_cmd(out: Path, gguf: Path | None) -> None:
     """Convert a GGUF (default: the offline SmolLM2-135M-Instruct) into a Hugging Face model folder, once."""
     from .models import prepare_model
 
-    click.echo(f"model folder: {prepare_model(out, gguf)}")
+    echo(f"model folder: {prepare_model(out, gguf)}")
 
 
 def _add_optional_commands() -> None:

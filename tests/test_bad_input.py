@@ -159,8 +159,18 @@ def test_axolotl_keys_are_checked_by_axolotl(tmp_path, tiny_model):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["--debug", "validate", str(tmp_path / "missing.yaml")])
-    assert result.exit_code != 0 and result.exception is not None
+    """--debug lets the original exception surface with its traceback (SystemExit would pass a weaker check)."""
+    import traceback
+
+    from diverse_axolotl.errors import UserError
+
+    missing = tmp_path / "missing.yaml"
+    result = CliRunner().invoke(main, ["--debug", "validate", str(missing)])
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    assert str(result.exception) == f"{missing}: no such recipe file"
+    assert "read_yaml" in [frame.name for frame in traceback.extract_tb(result.exc_info[2])]
+    plain = CliRunner().invoke(main, ["validate", str(missing)])
+    assert isinstance(plain.exception, SystemExit) and plain.exit_code == 1
 
 
 def test_a_good_recipe_validates_and_prints_the_plan(tmp_path, tiny_model):
