@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +37,32 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_faster(threads: int | None = None) -> bool:
+    """Whether bf16 pays on this CPU: native bf16 (`cpu_supports_bf16`) and, measured here, bf16 matmuls of a
+    small model's shapes at least 1.25x faster than fp32 (best of 5 each, ~0.1 s, once per process). Native
+    support alone does not decide it: on a 2-core Xeon with AVX512-BF16 but no AMX, oneDNN's bf16 matmuls ran at
+    about half the fp32 rate (bench/RESULTS.md), while an EPYC with AVX512-BF16 ran them 2.6x faster."""
+    if not cpu_supports_bf16():
+        return False
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or available_cores())
+    try:
+        seconds = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x, w = torch.randn(512, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+            torch.nn.functional.linear(x, w)
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                best = min(best, time.perf_counter() - start)
+            seconds[dtype] = best
+    finally:
+        torch.set_num_threads(before)
+    return seconds[torch.bfloat16] * 1.25 <= seconds[torch.float32]
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which a container's cpuset narrows)."""
     try:
@@ -58,9 +86,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: bfloat16 on a GPU and on a CPU with native bf16 (AVX512-BF16/AMX), float32 on other CPUs."""
+    """auto: bfloat16 on a GPU and on a CPU where bf16 is native and measured faster (`cpu_bf16_is_faster`),
+    float32 on other CPUs."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" or cpu_supports_bf16() else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_bf16_is_faster() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 

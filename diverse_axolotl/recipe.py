@@ -68,7 +68,7 @@ class EmbeddingSpec(Strict):
     layer: int = Field(-1, description="hidden-state layer to pool (-1: the last)")
     max_length: int = Field(512, gt=0, description="tokens per row; longer rows are cut from the right")
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch (rows are sorted by length)")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on a GPU and on a CPU with native bf16 (AVX512-BF16/AMX), else float32")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on a GPU and on a CPU with native bf16 measured faster than float32, else float32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
     cache_dir: Optional[LaxPath] = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")

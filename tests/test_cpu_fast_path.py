@@ -97,7 +97,7 @@ def test_cpu_defaults_fill_only_what_the_recipe_leaves_out(tmp_path, monkeypatch
     from diverse_axolotl import models, training
 
     monkeypatch.setattr(models, "cuda_available", lambda: False)
-    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_bf16_is_faster", lambda threads=None: True)
     args = (tmp_path / "t.jsonl", "alpaca", tmp_path / "a", tmp_path / "p", 0)
     cfg = training.axolotl_config({"base_model": "m", "sequence_len": 64}, *args)
     assert cfg["bf16"] is True and cfg["fp16"] is False and cfg["tf32"] is False
@@ -107,8 +107,8 @@ def test_cpu_defaults_fill_only_what_the_recipe_leaves_out(tmp_path, monkeypatch
     # The recipe's own keys win.
     mine = training.axolotl_config({"base_model": "m", "bf16": False, "sample_packing": False}, *args)
     assert mine["bf16"] is False and mine["sample_packing"] is False
-    # A CPU without bf16 support trains in fp32.
-    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    # A CPU without (fast) bf16 trains in fp32.
+    monkeypatch.setattr(models, "cpu_bf16_is_faster", lambda threads=None: False)
     assert training.axolotl_config({"base_model": "m"}, *args)["bf16"] is False
     # On a GPU nothing is added beyond the round's own keys.
     monkeypatch.setattr(models, "cuda_available", lambda: True)
