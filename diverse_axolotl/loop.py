@@ -498,6 +498,7 @@ class Loop:
             "recipe_hash": self.recipe.hash,
             "round0": "base",
             "embeddings": "base_embeddings.npy (base model, no adapter)" if sel.needs_embeddings else None,
+            "selector_info": sel.last_info,  # e.g. the k-means objective
             "timings": {key: round(v, 3) for key, v in timings.items()},
             "file_rows": [self.file_rows[i] for i in picks],
         }
@@ -675,6 +676,7 @@ class Loop:
             "selector": {"name": self.selector.name, "params": self.selector.params.model_dump(mode="json")},
             "seed": self.sel.seed + k + 1,
             "recipe_hash": self.recipe.hash,
+            "selector_info": self.selector.last_info,  # e.g. the k-means objective
             "timings": {key: round(v, 3) for key, v in timings.items()},
             "file_rows": [self.file_rows[i] for i in picks],
         }

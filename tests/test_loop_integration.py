@@ -105,6 +105,8 @@ def test_swapping_the_selector_is_one_line(tmp_path, tiny_model, pool_file, sele
     assert manifest["selector"]["name"] == selector["name"]
     assert len(set(manifest["indices"])) == 8 + 6
     assert (tmp_path / "run" / "round_0" / "scores.npy").is_file() == scored
+    if selector["name"] == "kmq":  # the clustering's objective is recorded with the picks
+        assert manifest["selector_info"]["kmeans"]["objective"] > 0
     if selector["name"] == "least_confidence":
         scores = np.load(tmp_path / "run" / "round_0" / "scores.npy")
         new = manifest["indices"][8:]
