@@ -13,6 +13,8 @@ its regular plugin mechanism. It
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from axolotl.integrations.base import BasePlugin
@@ -134,7 +136,9 @@ class ProgressPlugin(BasePlugin):
         return {"use_cpu": True} if not models.cuda_available() else {}
 
     def post_trainer_create(self, cfg, trainer):
-        if cfg.sample_packing and not cfg.pretraining_dataset:
+        # One process only: with several ranks each must yield as many batches as the others, which is what
+        # Axolotl's sampler (truncating to the shortest) is built for.
+        if cfg.sample_packing and not cfg.pretraining_dataset and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             use_complete_packing(trainer)
             if not cfg.max_steps:
                 trainer.args.max_steps = -1  # epochs x the sampler's exact length
