@@ -59,7 +59,8 @@ from pydantic import Field
 from ..errors import UserError
 from .base import Selector, _assert_valid_picks, check_already_selected, check_budget, check_embeddings, check_scores
 from .kmeans import KMeansKnobs
-from .kmq import cluster_pool, proportional_quotas, top_keys_per_cluster
+from .kmq import cluster_pool
+from .quotas import proportional_quotas, top_keys_per_cluster
 from .registry import register
 
 UPDATES = ("eq6", "multiplicative", "softmax")

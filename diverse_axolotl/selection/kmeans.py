@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Selector
+from .quotas import proportional_quotas, top_keys_per_cluster
 from .registry import register
 
 
@@ -215,8 +216,6 @@ class KMeansRandomSelector(Selector):
     Params = KMeansRandomParams
 
     def _select(self, embeddings, budget, already_selected, scores, seed):
-        from .kmq import proportional_quotas, top_keys_per_cluster  # kmq imports this module: import late
-
         p = self.params
         avail = available_rows(len(embeddings), already_selected)
         k = min(p.n_clusters or budget, len(avail))
