@@ -25,6 +25,7 @@ from test_loop_integration import write_recipe
 # Every line our `run` prints, and nothing else.
 OUR_RUN_LINES = [
     r"round \d+: training on \d+ rows with Axolotl \(log: .*axolotl\.log\)",
+    r"embedding and scoring in (float32|bfloat16) on (cpu|cuda) \(selection\.embedding\.dtype: .*\)",
     r"\s*summary \(seconds per stage; trunc: rows longer than sequence_len, truncated\)\s*",
     r"[┏┃┡│└].*",
     r"run folder: .* \(summary in summary\.json\)",
