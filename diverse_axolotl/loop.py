@@ -348,9 +348,28 @@ class Loop:
         pool = self.sel.pool
         raw = load_pool(pool.path, pool.format, pool.limit)
         self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
+        self.heldout = self._carve_heldout()
         check_budget(recipe, len(self.rows))
         check_clusters(recipe, len(self.rows))
         self._tokenizer = None
+
+    def _carve_heldout(self):
+        """The user's held-out set (eval.heldout.file or .split), or None. A split leaves `self.rows` here, before
+        round 0, so no selector ever sees its rows: manifests' `indices` count the rows left, their `file_rows`
+        stay the pool file's row numbers, and run.json lists the carved ones."""
+        spec = self.recipe.eval.heldout if self.recipe.eval is not None else None
+        if spec is None or not spec.own:
+            return None
+        if spec.split is None:
+            return spec.own_set(self.sel.pool.format)
+        from .evaluation import carve_split
+
+        pool = self.sel.pool
+        keep, held = carve_split(self.rows, self.file_rows, spec.split, spec.group_field, pool.format, pool.path)
+        self.rows = [self.rows[i] for i in keep]
+        self.file_rows = [self.file_rows[i] for i in keep]
+        self.pool_stats = {**self.pool_stats, "heldout_carved": len(held.rows), "rows": len(self.rows)}
+        return held
 
     def lock(self) -> RunLock:
         """The run folder's lock (a context manager); hold it around prepare() and run()."""
@@ -388,6 +407,7 @@ class Loop:
                     "recipe": recipe.resolved(),
                     "pool_sha256": recipe.pool_sha256,
                     "pool": self.pool_stats,
+                    **({"heldout": self.heldout.record()} if self.heldout is not None else {}),
                     "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
                     "versions": _versions(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -700,7 +720,7 @@ class Loop:
                 evaluate_spec(
                     spec, self.recipe.axolotl["base_model"], self.paths.adapter(k), path,
                     device=self.sel.embedding.device, dtype=self.sel.embedding.dtype,
-                    trust_remote_code=self._trust_remote_code,
+                    trust_remote_code=self._trust_remote_code, own=self.heldout,
                 )
         metrics = json.loads(path.read_text()).get("metrics", {})
         return {"eval_s": round(time.perf_counter() - t, 2), "metrics": metrics}

@@ -275,6 +275,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
         if isinstance(eval_block, dict) and isinstance(eval_block.get("data_dir"), str):
             eval_block = {**eval_block, "data_dir": str(_resolve(base, eval_block["data_dir"]))}
+        held = eval_block.get("heldout") if isinstance(eval_block, dict) else None
+        if isinstance(held, dict) and isinstance(held.get("file"), str):  # a held-out file, beside the recipe
+            eval_block = {**eval_block, "heldout": {**held, "file": str(_resolve(base, held["file"]))}}
         try:
             eval_block = EvalSpec(**eval_block) if isinstance(eval_block, dict) else EvalSpec.model_validate(eval_block)
         except ValidationError as exc:

@@ -2,7 +2,8 @@
 
 One idea per module:
   lm_tasks  which tasks exist: lm-eval's registry, our `da_*` YAMLs shipped in `tasks/`, the data folder they read
-  heldout   held-out pool rows and our metrics on them (heldout_loss, t0_exact)
+  heldout   held-out rows and our metrics on them (heldout_loss, heldout_exact, t0_exact), per group
+  own_data  the user's held-out set: a file in any pool format, or a split carved from the pool before round 0
   spec      the recipe's `eval:` block (EvalSpec)
   run       `evaluate` / `evaluate_spec`: lm-eval's simple_evaluate with HFLM(base, peft=adapter), then our metrics
 The generation loop our metrics use is shared with the scorers (`diverse_axolotl.inference`).
@@ -17,13 +18,17 @@ from .heldout import (
     HeldoutSource,
     HeldoutSpec,
     default_data_root,
+    exact_by_group,
     exact_match,
+    heldout_exact,
     heldout_ids,
     heldout_loss,
     heldout_rows,
+    loss_by_group,
     normalise_answer,
     t0_exact,
 )
+from .own_data import HeldoutSet, SplitSpec, carve_split, read_heldout_file
 from .lm_tasks import (
     EVAL_DATA_ENV,
     OUR_METRICS,
@@ -40,7 +45,8 @@ from .spec import EvalSpec
 
 __all__ = [
     "DATA_ENV", "EVAL_DATA_ENV", "OUR_METRICS", "SOURCES", "T0_SOURCE", "UNSAFE_TASKS", "EvalSpec", "HeldoutRow",
-    "HeldoutSource", "HeldoutSpec", "TaskRequest", "default_data_root", "eval_data_dir", "evaluate", "evaluate_spec",
+    "HeldoutSet", "HeldoutSource", "HeldoutSpec", "SplitSpec", "carve_split", "exact_by_group", "heldout_exact",
+    "loss_by_group", "read_heldout_file", "TaskRequest", "default_data_root", "eval_data_dir", "evaluate", "evaluate_spec",
     "exact_match", "flat_metrics", "greedy_generate", "heldout_ids", "heldout_loss", "heldout_rows", "json_safe",
     "known_task_listing", "lm_eval_tasks", "normalise_answer", "parse_tasks", "t0_exact", "tasks_dir",
 ]

@@ -1,13 +1,16 @@
-"""Held-out rows of instruction pools and our two metrics on them: answer-token loss and exact match.
+"""Held-out rows and our metrics on them: answer-token loss and exact match of greedy answers, per group.
 
-  heldout_loss  mean NLL of the answer tokens given the prompt (the same pass as the perplexity scorer), averaged
-                over each source's held-out rows, then macro-averaged over sources (lower is better)
-  t0_exact      greedy answers to held-out rows of each T0 template, exact match after strip/lower (and without
-                `<|endoftext|>`), averaged per template, then macro-averaged over templates
-Held-out rows are fixed by (source, seed): `heldout_rows` / `HeldoutSpec.excluded_ids()` name them so a benchmark
-can keep them out of its training pool. Rows are shown to the model in Alpaca format (`prompt_and_response`).
-The pool files are read under a data root that the caller names (`HeldoutSpec.data_root` or
-$DIVERSE_AXOLOTL_DATA): the library has no default folder.
+  heldout_loss   mean NLL of the answer tokens given the prompt (the same pass as the perplexity scorer), averaged
+                 over each group's rows, then macro-averaged over groups (lower is better)
+  heldout_exact  greedy answers, exact match after strip/lower (and without `<|endoftext|>`), averaged per group,
+                 then macro-averaged over groups
+  t0_exact       heldout_exact on the T0 source's rows, one group per T0 template
+Where the rows come from is configuration (`HeldoutSpec`): the user's own set (`file:` in any pool format, or
+`split:` carved from the pool before round 0, grouped by a `label` field; see `own_data`), or named benchmark
+sources (`sources:`, the five files of `SOURCES`, one group per source). Source rows are fixed by (source, seed):
+`heldout_rows` / `HeldoutSpec.excluded_ids()` name them so a benchmark can keep them out of its training pool;
+they are read under a data root the caller names (`HeldoutSpec.data_root` or $DIVERSE_AXOLOTL_DATA): the library
+has no default folder.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..data import _open_text, prompt_and_response
 from ..errors import UserError, did_you_mean
 from ..inference import greedy_generate
+from .own_data import Format, HeldoutRow, HeldoutSet, SplitSpec, read_heldout_file, stable_rng
 
 DATA_ENV = "DIVERSE_AXOLOTL_DATA"
 EOT = "<|endoftext|>"
@@ -78,12 +81,6 @@ T0_SOURCE = "t0"
 HELDOUT_FORMAT = "alpaca"
 
 
-class HeldoutRow(NamedTuple):
-    index: int  # row number in the source file
-    group: str  # the T0 template, or the source name
-    row: dict  # Alpaca format
-
-
 @functools.lru_cache(maxsize=8)
 def _read_source(path: str) -> tuple[dict, ...]:
     """Rows of a pool file (JSON list or JSON lines, optionally .gz/.xz), cached for the process.
@@ -110,8 +107,7 @@ def _read_source(path: str) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-def _stable_rng(seed: int, *keys: str) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF] + [zlib.crc32(k.encode("utf-8")) for k in keys])
+_stable_rng = stable_rng
 
 
 def heldout_rows(
@@ -156,10 +152,15 @@ def heldout_ids(source: str, n: int, seed: int = 0, data_root: str | Path | None
 
 
 class HeldoutSpec(BaseModel):
-    """Which held-out rows our metrics use, and how they are scored."""
+    """Which held-out rows our metrics use, and how they are scored: the user's own set (`file` or `split`) or
+    benchmark `sources` (the default when neither is given)."""
 
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] = Field(default_factory=lambda: list(SOURCES), description="sources averaged by heldout_loss")
+    file: Optional[Path] = Field(None, description="held-out rows in a file of any pool format (see `format`)")
+    split: Optional[SplitSpec] = Field(None, description="held-out rows carved from the pool before round 0")
+    format: Optional[Format] = Field(None, description="format of `file` (default: the pool's)")
+    label: Optional[str] = Field(None, description="rows are grouped by this field (default: split.stratify)")
+    sources: Optional[list[str]] = Field(None, description="benchmark sources averaged by heldout_loss (default: all)")
     n_per_source: int = Field(64, gt=0, description="held-out rows per source (not T0)")
     n_per_template: int = Field(2, gt=0, description="held-out rows per T0 template (heldout_loss and t0_exact)")
     max_templates: Optional[int] = Field(None, gt=0, description="use only this many T0 templates (seeded choice)")
@@ -171,13 +172,48 @@ class HeldoutSpec(BaseModel):
 
     @field_validator("sources")
     @classmethod
-    def _known_sources(cls, value: list[str]) -> list[str]:
+    def _known_sources(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
         if not value:
             raise ValueError("name at least one source")
         for name in value:
             if name not in SOURCES:
                 raise ValueError(f"unknown source '{name}'{did_you_mean(name, SOURCES)}; sources: {', '.join(SOURCES)}")
         return value
+
+    @model_validator(mode="after")
+    def _one_origin(self):
+        """One place the rows come from: a file, a split of the pool, or benchmark sources (the default)."""
+        given = [k for k in ("file", "split", "sources") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"heldout: name one of file, split, sources (got {', '.join(given)})")
+        if self.sources is None and not given:
+            self.sources = list(SOURCES)
+        if self.sources is not None and (self.label or self.format):
+            raise ValueError("heldout: label and format go with file or split, not with sources")
+        return self
+
+    @property
+    def own(self) -> bool:
+        """The rows are the user's (a file or a split), not benchmark sources."""
+        return self.file is not None or self.split is not None
+
+    @property
+    def group_field(self) -> str | None:
+        return self.label or (self.split.stratify if self.split else None)
+
+    def own_set(self, pool_format: str | None = None) -> HeldoutSet:
+        """The user's file as a HeldoutSet (a split exists only in a run: the loop carves it from the pool)."""
+        if self.file is None:
+            raise UserError("eval.heldout.split: the held-out split is carved from the pool by `diverse-axolotl run`;"
+                            " to evaluate outside a run, name the held-out rows with heldout.file")
+        return read_heldout_file(self.file, self.format or pool_format or HELDOUT_FORMAT, self.group_field)
+
+    def source_set(self, limit: int | None = None) -> HeldoutSet:
+        """The benchmark sources' rows as one set, one group per source."""
+        rows = [r._replace(group=name) for name in self.sources for r in self.rows(name, limit)]
+        return HeldoutSet(rows, HELDOUT_FORMAT, "sources: " + ", ".join(self.sources))
 
     def n_for(self, source: str, limit: int | None = None) -> int:
         n = self.n_per_template if SOURCES[source].group_by else self.n_per_source
@@ -194,6 +230,8 @@ class HeldoutSpec(BaseModel):
 
     def excluded_ids(self, sources: Iterable[str] | None = None) -> dict[str, list[int]]:
         """Per source, the row numbers our metrics may evaluate (the full held-out slice, whatever `limit`)."""
+        if self.own and sources is None:  # the user's rows: a split never reaches selection, a file is not the pool
+            return {}
         names = list(sources) if sources is not None else sorted(set(self.sources) | {T0_SOURCE})
         return {name: [r.index for r in self.rows(name)] for name in names}
 
@@ -206,21 +244,39 @@ def _fit_length(model, wanted: int) -> int:
     return min(wanted, int(positions)) if isinstance(positions, int) and positions > 0 else wanted
 
 
-def heldout_loss(model, tokenizer, spec: HeldoutSpec, limit: int | None = None) -> dict[str, Any]:
-    """Mean answer-token NLL per source's held-out rows, and their macro average over sources."""
+def loss_by_group(model, tokenizer, rows: list[HeldoutRow], fmt: str, max_length: int, batch_tokens: int,
+                  desc: str = "held-out loss") -> dict[str, Any]:
+    """Mean answer-token NLL per group of rows, and their macro average (each group counts once)."""
     from ..scoring.token_stats import response_token_stats
 
+    if not rows:
+        raise UserError("the held-out set holds no rows")
+    pairs = [prompt_and_response(r.row, fmt, tokenizer) for r in rows]
+    nll = response_token_stats(model, tokenizer, pairs, _fit_length(model, max_length), batch_tokens, desc=desc)["nll"]
+    groups: dict[str, list[float]] = {}
+    for r, value in zip(rows, nll):
+        groups.setdefault(r.group, []).append(float(value))
+    per_group = {g: {"loss": float(np.mean(v)), "rows": len(v)} for g, v in sorted(groups.items())}
+    return {"value": float(np.mean([g["loss"] for g in per_group.values()])), "per_group": per_group,
+            "rows": len(rows), "higher_is_better": False}
+
+
+def heldout_loss(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None) -> dict[str, Any]:
+    """Mean answer-token NLL per group (label of the user's rows, or benchmark source), macro-averaged.
+
+    Benchmark sources keep their `per_source` key (each source's rows are drawn and scored as before)."""
+    if spec.own:
+        own = own or spec.own_set()
+        return loss_by_group(model, tokenizer, own.limited(limit), own.fmt, spec.max_length, spec.batch_tokens)
     per_source = {}
     for name in spec.sources:
-        rows = spec.rows(name, limit)
-        pairs = [prompt_and_response(r.row, HELDOUT_FORMAT, tokenizer) for r in rows]
-        stats = response_token_stats(
-            model, tokenizer, pairs, _fit_length(model, spec.max_length), spec.batch_tokens, desc=f"held-out loss: {name}"
-        )
-        per_source[name] = {"loss": float(np.mean(stats["nll"])), "rows": len(rows)}
+        part = loss_by_group(model, tokenizer, [r._replace(group=name) for r in spec.rows(name, limit)], HELDOUT_FORMAT,
+                             spec.max_length, spec.batch_tokens, desc=f"held-out loss: {name}")
+        per_source[name] = part["per_group"][name]
     return {
         "value": float(np.mean([s["loss"] for s in per_source.values()])),
         "per_source": per_source,
+        "per_group": per_source,
         "higher_is_better": False,
     }
 
@@ -233,32 +289,45 @@ def exact_match(prediction: str, gold: str) -> bool:
     return normalise_answer(prediction) == normalise_answer(gold)
 
 
-def t0_exact(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, slack_tokens: int = 8) -> dict[str, Any]:
-    """Exact match of greedy answers on held-out rows of each T0 template, macro-averaged over templates.
+def exact_by_group(model, tokenizer, rows: list[HeldoutRow], fmt: str, spec: HeldoutSpec, slack_tokens: int = 8,
+                   desc: str = "exact match") -> dict[str, Any]:
+    """Exact match of greedy answers per group of rows, macro-averaged over groups.
 
     Each row may generate its gold answer's token count + `slack_tokens` (at most `spec.max_new_tokens`): a longer
     answer cannot match, so generating further only costs time. Gold answers longer than max_new_tokens count as
     misses.
     """
-    rows = spec.rows(T0_SOURCE, limit)
-    pairs = [prompt_and_response(r.row, HELDOUT_FORMAT, tokenizer) for r in rows]
+    pairs = [prompt_and_response(r.row, fmt, tokenizer) for r in rows]
     budgets = [
         min(len(tokenizer(gold, add_special_tokens=False)["input_ids"]) + slack_tokens, spec.max_new_tokens)
         for _, gold in pairs
     ]
     predictions = greedy_generate(
-        model, tokenizer, [p for p, _ in pairs], budgets, _fit_length(model, spec.max_length), spec.batch_tokens,
-        desc="t0 exact match",
+        model, tokenizer, [p for p, _ in pairs], budgets, _fit_length(model, spec.max_length), spec.batch_tokens, desc=desc,
     )
     hits: dict[str, list[bool]] = {}
     for r, (_, gold), pred in zip(rows, pairs, predictions):
         hits.setdefault(r.group, []).append(exact_match(pred, gold))
-    per_template = {name: float(np.mean(v)) for name, v in sorted(hits.items())}
+    per_group = {name: float(np.mean(v)) for name, v in sorted(hits.items())}
     return {
-        "value": float(np.mean(list(per_template.values()))) if per_template else float("nan"),
-        "per_template": per_template,
-        "templates": len(per_template),
+        "value": float(np.mean(list(per_group.values()))) if per_group else float("nan"),
+        "per_group": per_group,
+        "groups": len(per_group),
         "rows": len(rows),
         "higher_is_better": True,
     }
 
+
+def heldout_exact(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None) -> dict[str, Any]:
+    """Exact match of greedy answers on the held-out set, per group (label, or benchmark source)."""
+    held = (own or spec.own_set()) if spec.own else spec.source_set(limit)
+    rows = held.limited(limit) if spec.own else held.rows
+    return exact_by_group(model, tokenizer, rows, held.fmt, spec, desc="held-out exact match")
+
+
+def t0_exact(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, slack_tokens: int = 8) -> dict[str, Any]:
+    """heldout_exact on held-out rows of the T0 source, one group per template, macro-averaged over templates."""
+    rows = spec.rows(T0_SOURCE, limit)
+    out = exact_by_group(model, tokenizer, rows, HELDOUT_FORMAT, spec, slack_tokens, desc="t0 exact match")
+    out["per_template"], out["templates"] = out.pop("per_group"), out.pop("groups")
+    return out

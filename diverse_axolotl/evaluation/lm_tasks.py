@@ -23,7 +23,7 @@ import yaml
 from ..errors import UserError, did_you_mean
 
 EVAL_DATA_ENV = "DIVERSE_AXOLOTL_EVAL_DATA"
-OUR_METRICS = ("heldout_loss", "t0_exact")
+OUR_METRICS = ("heldout_loss", "heldout_exact", "t0_exact")
 UNSAFE_TASKS = ("da_humaneval", "da_mbpp")
 OUR_PREFIX = "da_"
 

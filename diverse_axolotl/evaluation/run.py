@@ -20,7 +20,8 @@ import numpy as np
 from ..data import write_json
 from ..errors import UserError
 from ..logs import logs_to
-from .heldout import T0_SOURCE, HeldoutSpec, heldout_loss, t0_exact
+from .heldout import T0_SOURCE, HeldoutSpec, heldout_exact, heldout_loss, t0_exact
+from .own_data import HeldoutSet
 from .lm_tasks import OUR_METRICS, UNSAFE_TASKS, TaskRequest, check_task_data, eval_data_dir, parse_tasks, task_manager
 from .spec import EvalSpec
 
@@ -83,9 +84,7 @@ def flat_metrics(result: dict, tasks: Iterable[str] | None = None) -> dict[str, 
     for name in tasks:
         name = name.split(":")[0]
         if name in OUR_METRICS:
-            value = (result.get("ours") or {}).get(name, {}).get("value")
-            if isinstance(value, (int, float)):
-                out[name] = float(value)
+            out.update(_our_flat(name, (result.get("ours") or {}).get(name) or {}))
             continue
         entry = (lm.get("results") or {}).get(name) or (lm.get("groups") or {}).get(name) or {}
         for key, value in entry.items():
@@ -94,6 +93,31 @@ def flat_metrics(result: dict, tasks: Iterable[str] | None = None) -> dict[str, 
                 continue
             out[f"{name}/{metric}" + (f"/{filt}" if filt and filt != "none" else "")] = float(value)
     return out
+
+
+def _our_flat(name: str, entry: dict) -> dict[str, float]:
+    """`heldout_loss` and, when there is more than one group, `heldout_loss/<group>` (T0's templates stay in the
+    result file only: there are hundreds)."""
+    out = {name: float(entry["value"])} if isinstance(entry.get("value"), (int, float)) else {}
+    groups = entry.get("per_group") or {}
+    if name != "t0_exact" and len(groups) > 1:
+        for group, value in groups.items():
+            value = value.get("loss") if isinstance(value, dict) else value
+            if isinstance(value, (int, float)):
+                out[f"{name}/{group}"] = float(value)
+    return out
+
+
+def _check_heldout(requested: list[str], heldout: HeldoutSpec, own: HeldoutSet | None, limit: int | None) -> HeldoutSet | None:
+    """Read the held-out rows before lm-eval's long run, so a missing file fails first; returns the user's set."""
+    if heldout.own:
+        return own or heldout.own_set()
+    needed = set(heldout.sources) if {"heldout_loss", "heldout_exact"} & set(requested) else set()
+    if "t0_exact" in requested:
+        needed.add(T0_SOURCE)
+    for source in sorted(needed):
+        heldout.rows(source, limit)
+    return None
 
 
 def _resolve_batch_size(batch_size: int | str, device) -> int | str:
@@ -120,13 +144,15 @@ def evaluate(
     trust_remote_code: bool = False,
     log_file: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    own: HeldoutSet | None = None,
 ) -> dict:
     """Evaluate base_model (+ the LoRA adapter) on `tasks`; write `out_file` (JSON, atomic) and return its content.
 
     lm-eval tasks run through `simple_evaluate` with HFLM(pretrained=base_model, peft=adapter) on our task YAMLs;
     its logs go to `log_file` (default: out_file with suffix .log; none written when both are None).
-    `heldout_loss` and `t0_exact` reuse the same model object. `limit` caps rows per lm-eval task and, for our
-    metrics, rows per source and per T0 template plus the number of T0 templates.
+    `heldout_loss`, `heldout_exact` and `t0_exact` reuse the same model object, on `own` (a split the loop carved)
+    or the rows `heldout` names. `limit` caps rows per lm-eval task and, for our metrics, rows per group (source,
+    label, T0 template) plus the number of T0 templates.
     """
     from ..models import all_cpu_threads, check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
 
@@ -147,12 +173,8 @@ def evaluate(
     data = eval_data_dir(data_dir)
     if lm_requests:
         check_task_data([r.name for r in lm_requests], data)
-    if ours_requested:  # read the held-out rows now: a missing pool file fails before lm-eval's long run
-        needed = set(heldout.sources) if "heldout_loss" in ours_requested else set()
-        if "t0_exact" in ours_requested:
-            needed.add(T0_SOURCE)
-        for source in sorted(needed):
-            heldout.rows(source, limit)
+    if ours_requested:
+        own = _check_heldout(ours_requested, heldout, own, limit)
     if out_file is not None and log_file is None:
         log_file = Path(out_file).with_suffix(".log")
     dev = resolve_device(device)
@@ -174,12 +196,17 @@ def evaluate(
                 model = load_model(base_model, adapter, device, dtype, trust_remote_code)
             model.eval()
             if "heldout_loss" in ours_requested:
-                say("held-out loss: " + ", ".join(heldout.sources))
-                ours["heldout_loss"] = heldout_loss(model, tokenizer, heldout, limit)
+                say("held-out loss: " + (own.origin if own else ", ".join(heldout.sources)))
+                ours["heldout_loss"] = heldout_loss(model, tokenizer, heldout, limit, own)
+            if "heldout_exact" in ours_requested:
+                say("held-out exact match: " + (own.origin if own else ", ".join(heldout.sources)))
+                ours["heldout_exact"] = heldout_exact(model, tokenizer, heldout, limit, own)
             if "t0_exact" in ours_requested:
                 say("t0 exact match")
                 ours["t0_exact"] = t0_exact(model, tokenizer, heldout, limit)
             ours["heldout"] = heldout.model_dump(mode="json")
+            if own is not None:
+                ours["heldout_set"] = {k: v for k, v in own.record().items() if k != "file_rows"}
     result = {
         "lm_eval": json_safe(lm_results),
         "ours": json_safe(ours),
@@ -249,11 +276,12 @@ def evaluate_spec(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     log: Callable[[str], None] | None = None,
+    own: HeldoutSet | None = None,
 ) -> dict:
-    """`evaluate` with the settings of a recipe's `eval:` block."""
+    """`evaluate` with the settings of a recipe's `eval:` block (`own`: the held-out split the loop carved)."""
     return evaluate(
         base_model, adapter, spec.tasks, spec.limit, spec.batch_size, out_file,
         heldout=spec.heldout, max_gen_toks=spec.max_gen_toks, apply_chat_template=spec.apply_chat_template,
         allow_code_execution=spec.allow_code_execution, data_dir=spec.data_dir, device=device, dtype=dtype,
-        trust_remote_code=trust_remote_code, log=log,
+        trust_remote_code=trust_remote_code, log=log, own=own,
     )

@@ -21,7 +21,7 @@ class EvalSpec(BaseModel):
         min_length=1,
         description="any lm-eval task or group by its registry name (arc_easy, hellaswag, mmlu, ...), our offline "
         "variants (da_arc_easy, da_arc_challenge, da_gsm8k, da_mmlu, da_ifeval, da_humaneval, da_mbpp; `TASK:N` sets N "
-        "shots) and heldout_loss, t0_exact",
+        "shots) and our metrics on held-out rows (eval.heldout): heldout_loss, heldout_exact, t0_exact",
     )
     limit: Optional[int] = Field(None, gt=0, description="at most this many rows per task (and per held-out source/template)")
     every_round: bool = Field(True, description="evaluate after every round (else only after the last)")
