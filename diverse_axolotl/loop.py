@@ -346,7 +346,7 @@ class Loop:
         self.log = log
         self.selector = get_selector(self.sel.selector.name, **self.sel.selector.params)
         pool = self.sel.pool
-        raw = load_pool(pool.path, pool.format, pool.limit)
+        raw = load_pool(pool.path, pool.format, pool.limit, pool.data_files, pool.split)
         self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
         self.heldout = self._carve_heldout()
         check_budget(recipe, len(self.rows))

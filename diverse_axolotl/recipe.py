@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,14 +33,42 @@ class Strict(BaseModel):
 LaxPath = Annotated[Path, Field(strict=False)]
 
 
+#: Keys of Axolotl's `datasets:` entries a pool may carry, so that an entry can be copied from an Axolotl config.
+AXOLOTL_POOL_KEYS = ("type", "data_files", "split", "ds_type", "field_messages", "message_property_mappings")
+
+
 class PoolSpec(Strict):
-    path: LaxPath = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows")
-    format: Literal["alpaca", "chat", "completion"] = Field(
-        "alpaca", description="alpaca: instruction/input/output; chat: messages; completion: text"
+    path: LaxPath = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows; a folder (its"
+                          " data files, or a save_to_disk dataset); or a glob such as data/*.jsonl")
+    format: Literal["alpaca", "chat", "sharegpt", "completion"] = Field(
+        "alpaca", description="alpaca: instruction/input/output; chat: messages; sharegpt: conversations of"
+        " {from, value}; completion: text"
     )
+    type: Optional[str] = Field(None, description="Axolotl's dataset type (alpaca, chat_template, completion); sets format")
+    data_files: Optional[Union[str, list[str]]] = Field(None, description="as in Axolotl: files (or globs) inside path")
+    split: Optional[str] = Field(None, description="the split of a save_to_disk DatasetDict (default: train)")
+    ds_type: Optional[str] = Field(None, description="accepted as in Axolotl; the files' suffixes decide how they are read")
+    field_messages: Optional[str] = Field(None, description="chat_template: messages (chat) or conversations (sharegpt)")
+    message_property_mappings: Optional[dict[str, str]] = Field(None, description="chat_template: {role: from, content: value} for sharegpt")
     limit: Optional[int] = Field(None, gt=0, description="use only the first N rows of the file")
     empty_rows: Literal["skip", "fail"] = Field("skip", description="rows with an empty instruction or answer")
     dedup: bool = Field(False, description="drop exact duplicate rows (they are always counted)")
+
+    @model_validator(mode="after")
+    def _format_from_axolotl_type(self):
+        """An Axolotl-style entry (`type`, `field_messages`, ...) decides the format; a contradicting `format` is refused."""
+        if self.type is None:
+            return self
+        from .pools import format_from_axolotl
+
+        try:
+            fmt = format_from_axolotl(self.type, self.field_messages, self.message_property_mappings)
+        except UserError as exc:
+            raise ValueError(f"selection.pool: {exc}") from None
+        if "format" in self.model_fields_set and self.format != fmt:
+            raise ValueError(f"selection.pool: format {self.format} contradicts type {self.type} (which reads as {fmt}); keep one")
+        self.format = fmt
+        return self
 
 
 class SelectorSpec(BaseModel):
@@ -121,9 +149,12 @@ class Recipe(BaseModel):
 
     @functools.cached_property
     def pool_sha256(self) -> str | None:
-        from .data import file_sha256
+        from .pools import pool_sha256
 
-        return file_sha256(self.selection.pool.path) if self.selection.pool.path.is_file() else None
+        try:
+            return pool_sha256(self.selection.pool.path, self.selection.pool.data_files)
+        except UserError:
+            return None
 
     @functools.cached_property
     def hash(self) -> str:
@@ -132,6 +163,9 @@ class Recipe(BaseModel):
         a default out (`{name: kcenter, device: auto}`) is the same run as leaving it out."""
         selection = self.selection.model_dump(mode="json")
         selection["pool"]["path"] = self.pool_sha256
+        for key in AXOLOTL_POOL_KEYS:  # unset ones leave the hash as it was; data_files are in pool_sha256
+            if key == "data_files" or selection["pool"].get(key) is None:
+                selection["pool"].pop(key, None)
         selection["selector"] = filled_params("selector", self.selection.selector)
         if self.selection.scorer is not None:
             selection["scorer"] = filled_params("scorer", self.selection.scorer)
@@ -287,6 +321,10 @@ def load_recipe(path: str | Path) -> Recipe:
             raise UserError(f"{path}: eval.{where}: {err['msg'].removeprefix('Value error, ')}{hint}") from None
     if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:
         selection["pool"] = {**selection["pool"], "path": _resolve(base, selection["pool"]["path"])}
+        files = selection["pool"].get("data_files")
+        if files and not Path(selection["pool"]["path"]).is_dir():  # beside a folder they name files inside it
+            files = [files] if isinstance(files, str) else files
+            selection["pool"]["data_files"] = [str(_resolve(base, f)) if isinstance(f, str) else f for f in files]
     for block in ("selector", "scorer"):
         spec = selection.get(block) if isinstance(selection, dict) else None
         if isinstance(spec, dict):
@@ -327,8 +365,12 @@ def check_recipe(recipe: Recipe) -> None:
             raise UserError(f"{recipe.path}: selection.scorer: {exc}") from None
         if selector.scores == "none":
             raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' does not use scores; remove the scorer")
-    if not sel.pool.path.is_file():
-        raise UserError(f"{recipe.path}: selection.pool.path: no such file {sel.pool.path}")
+    from .pools import pool_sources
+
+    try:
+        pool_sources(sel.pool.path, sel.pool.data_files)
+    except UserError as exc:
+        raise UserError(f"{recipe.path}: selection.pool.path: {exc}") from None
     base_model = recipe.axolotl["base_model"]
     if not Path(str(base_model)).is_absolute():  # not resolved by load_recipe: no such folder next to the recipe
         raise UserError(

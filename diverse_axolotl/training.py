@@ -52,6 +52,8 @@ def axolotl_config(
     dataset: dict[str, Any] = {"path": str(train_file), "ds_type": "json", "type": AXOLOTL_TYPE[fmt]}
     if fmt == "chat":
         dataset.update(field_messages="messages", message_property_mappings={"role": "role", "content": "content"})
+    if fmt == "sharegpt":  # Axolotl's default `roles` maps human/gpt/system to user/assistant/system
+        dataset.update(field_messages="conversations", message_property_mappings={"role": "from", "content": "value"})
     cfg.update(
         datasets=[dataset],
         output_dir=str(adapter_dir),
