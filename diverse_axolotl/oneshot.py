@@ -22,7 +22,7 @@ import numpy as np
 
 from .data import Rows, atomic_path, check_rows, clean_pool, prompt_and_response, write_json, write_jsonl
 from .errors import UserError
-from .pools import concat, detect_format, pool_sha256, pool_sources, read_source
+from .pools import axolotl_entry, concat, detect_format, pool_sha256, pool_sources, read_source
 
 
 @dataclass
@@ -39,10 +39,23 @@ class Pool:
 
 
 def read_select_pool(paths: Sequence[str | Path], fmt: str | None = None, data_files=None, split: str | None = None) -> Pool:
-    """Every file named (each may be a glob or a folder) read as one pool; format from the first row unless given.
-    Rows with an empty instruction or answer are left out (counted); row numbers refer to all rows read."""
-    sources = [src for p in paths for src in pool_sources(p, data_files)]
-    rows: Rows = concat([(src, read_source(src, split)) for src in sources])
+    """Every file named (each may be a glob or a folder) read as one pool; format from the first row unless given."""
+    return _build_pool([(src, split) for p in paths for src in pool_sources(p, data_files)], fmt)
+
+
+def pool_from_entries(entries: Sequence[dict]) -> Pool:
+    """Axolotl `datasets:` entries (path, type, data_files, split, ...) read as one pool of one format."""
+    parsed = [axolotl_entry(e) for e in entries]
+    formats = {fmt for *_, fmt in parsed}
+    if len(formats) > 1:
+        raise UserError(f"the datasets have different formats ({', '.join(sorted(formats))}); select from one format at a time")
+    return _build_pool([(src, split) for path, files, split, _ in parsed for src in pool_sources(path, files)], formats.pop())
+
+
+def _build_pool(sources: Sequence[tuple[Path, str | None]], fmt: str | None) -> Pool:
+    """Rows with an empty instruction or answer are left out (counted); row numbers refer to all rows read."""
+    rows: Rows = concat([(src, read_source(src, split)) for src, split in sources])
+    sources = [src for src, _ in sources]
     where = str(sources[0]) if len(sources) == 1 else f"{sources[0]} (+{len(sources) - 1} more files)"
     fmt = fmt or detect_format(rows, str(sources[0]))
     check_rows(rows, fmt, sources[0])

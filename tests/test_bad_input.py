@@ -42,6 +42,7 @@ def _set(recipe: dict, dotted: str, value) -> dict:
 
 DELETE = object()
 POOL_ROWS = [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)]
+SHAREGPT_ROWS = [{"conversations": [{"from": "human", "value": f"say {i}"}, {"from": "gpt", "value": f"{i}"}]} for i in range(20)]
 CHAT_ROWS = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]} for i in range(20)]
 
 # (id, change to the recipe, raw pool file text or None for the good pool, expected fragments of the one line)
@@ -97,6 +98,33 @@ CASES = [
     # item 8: row numbers say what they count: file lines for JSON lines, rows from 0 for a JSON list
     ("jsonl-names-the-line", None, '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n{"instruction": "e"}\n',
      ["pool.json:4: the row on line 4 has no 'output' field"]),
+    # issue 14, item 2: the formats Axolotl users have; a missing field names the row (and its file) and the field
+    ("sharegpt-row-without-conversations", ("selection.pool.format", "sharegpt"), None,
+     ["pool.json: row 0 has no 'conversations' field, which format 'sharegpt' needs"]),
+    ("sharegpt-turn-without-value", ("selection.pool.format", "sharegpt"), json.dumps(SHAREGPT_ROWS[:3] + [{"conversations": [
+        {"from": "human", "value": "a"}, {"from": "gpt"}]}] + SHAREGPT_ROWS[3:]),
+     ["pool.json: row 3", "conversations[1] has no 'value' field"]),
+    ("sharegpt-unknown-speaker", ("selection.pool.format", "sharegpt"), json.dumps([{"conversations": [
+        {"from": "bot", "value": "a"}, {"from": "gpt", "value": "b"}]}] + SHAREGPT_ROWS),
+     ["pool.json: row 0", "conversations[0].from is 'bot'", "human"]),
+    ("glob-matches-nothing", ("selection.pool.path", "data/*.jsonl"), None, ["selection.pool.path", "matches no pool file"]),
+    ("several-files-name-the-file", {"set": [("selection.pool.path", "*.json*")], "files": {
+        "b.jsonl": '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n{"instruction": "e"}\n'}}, None,
+     ["b.jsonl:3: the row on line 3 has no 'output' field"]),
+    ("save-to-disk-row-without-field", {"set": [("selection.pool.path", "saved")], "saved": {"saved": [{"instruction": "a"}] * 20}}, None,
+     ["saved: row 0 has no 'output' field"]),
+    ("save-to-disk-no-such-split", {"set": [("selection.pool", {"path": "saved", "split": "validation"})],
+                                    "saved": {"saved": {"train": POOL_ROWS}}}, None, ["saved", "no split 'validation'", "train"]),
+    ("axolotl-entry-unknown-type", ("selection.pool", {"path": "pool.json", "type": "oasst"}), None,
+     ["recipe.yaml", "dataset type 'oasst'", "alpaca, chat_template or completion"]),
+    ("axolotl-entry-sharegpt-row-without-field", ("selection.pool", {
+        "path": "pool.json", "type": "chat_template", "field_messages": "conversations",
+        "message_property_mappings": {"role": "from", "content": "value"}}), None,
+     ["pool.json: row 0 has no 'conversations' field"]),
+    ("axolotl-entry-data-files-missing", ("selection.pool", {"path": ".", "data_files": ["nowhere.jsonl"], "type": "alpaca"}), None,
+     ["selection.pool.path", "no such file", "nowhere.jsonl"]),
+    ("format-contradicts-type", ("selection.pool", {"path": "pool.json", "type": "alpaca", "format": "chat"}), None,
+     ["recipe.yaml", "format chat contradicts type alpaca"]),
 ]
 
 
@@ -117,6 +145,17 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_model, monkeypatch, case, ch
         bare.mkdir()
         (bare / "config.json").write_text((tiny_model / "config.json").read_text())
         recipe["base_model"] = str(bare)
+        change = None
+    if isinstance(change, dict):  # several changes, and files beside the pool (issue 14's pool sources)
+        for name, text in change.get("files", {}).items():
+            (tmp_path / name).write_text(text)
+        for name, rows in change.get("saved", {}).items():
+            from datasets import Dataset, DatasetDict
+
+            split = {k: Dataset.from_list(v) for k, v in rows.items()} if isinstance(rows, dict) else None
+            (DatasetDict(split) if split else Dataset.from_list(rows)).save_to_disk(str(tmp_path / name))
+        for dotted, value in change.get("set", []):
+            _set(recipe, dotted, value)
         change = None
     if isinstance(change, str) and change.startswith("RAW:"):
         (tmp_path / "recipe.yaml").write_text(change[4:])
