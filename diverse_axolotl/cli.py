@@ -86,6 +86,8 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
         f" then +{sel.per_round} per round"
         f" -> {sel.total_rows} rows ({100 * sel.total_rows / len(rows):.1f}% of the pool)"
     )
+    if loop.heldout is not None:
+        echo(f"  held-out  {len(loop.heldout.rows)} rows, {loop.heldout.origin} (never selected)")
     echo(f"  model     {recipe.axolotl['base_model']} (adapter: {recipe.axolotl.get('adapter', 'none')})")
     echo(f"  output    {recipe.output_dir}")
     echo("resolved recipe:")
@@ -224,6 +226,24 @@ def prepare_model_cmd(out: Path, gguf: Path | None) -> None:
     from .models import prepare_model
 
     echo(f"model folder: {prepare_model(out, gguf)}")
+
+
+@main.command("init")
+@click.argument("folder", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="base model folder for the recipe (default: models/SmolLM2-135M-Instruct,"
+              " made by `diverse-axolotl prepare-model`)")
+@click.option("--force", is_flag=True, help="overwrite recipe.yaml, pool.json and README.md if they exist")
+@friendly_errors
+def init_cmd(folder: Path, model: str | None, force: bool) -> None:
+    """Write a commented recipe, a small pool (200 Alpaca rows, CC BY-NC 4.0) and a README into FOLDER."""
+    from .init_project import write_starter
+
+    for path in write_starter(folder, model, force):
+        echo(f"wrote {path}")
+    if model is None and not (folder / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file():
+        echo(f"next: cd {folder} && diverse-axolotl prepare-model && diverse-axolotl run recipe.yaml")
+    else:
+        echo(f"next: diverse-axolotl run {folder / 'recipe.yaml'}")
 
 
 def _add_optional_commands() -> None:
