@@ -205,11 +205,11 @@ def select_cmd(pool, selector_name, params, budget, model_dir, embeddings_file, 
     from .oneshot import parse_params, read_select_pool, select_pool, write_selection
 
     data = read_select_pool(pool, fmt, split=split)
-    echo(f"pool      {', '.join(map(str, data.sources))}: {len(data.rows)} rows, format {data.fmt}"
-         f" ({data.stats['empty_skipped']} empty skipped)")
     picks, manifest = select_pool(data, selector_name, parse_params(params), budget, seed, model_dir, embeddings_file,
                                   scorer_name, log=say)
     manifest_file = write_selection(data, picks, manifest, out)
+    echo(f"pool      {', '.join(map(str, data.sources))}: {len(data.rows)} rows, format {data.fmt}"
+         f" ({data.stats['empty_skipped']} empty skipped)")
     sel = manifest["selector"]
     echo(f"selected  {len(picks)} rows with {sel['name']}({', '.join(f'{k}={v}' for k, v in sel['params'].items())}),"
          f" seed {seed}, in {sum(manifest['timings'].values()):.1f}s")
