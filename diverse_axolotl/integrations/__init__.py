@@ -84,7 +84,9 @@ def run_selection(cfg) -> tuple[Path, Path]:
                                   Path(spec.embeddings) if spec.embeddings else None, spec.scorer, log=say)
     out = Path(cfg.output_dir) / SUBSET_FILE
     manifest_file = write_selection(pool, picks, {**manifest, "axolotl_datasets": datasets}, out)
-    cfg.datasets = [subset_entry(datasets[0], out)]
+    from axolotl.utils.dict import DictDefault
+
+    cfg.datasets = [DictDefault(subset_entry(datasets[0], out))]  # Axolotl reads entries by attribute
     say(f"diverse_selection: {len(picks)} of {len(pool.rows)} rows by {spec.selector}; manifest {manifest_file}")
     return out, manifest_file
 
