@@ -8,10 +8,13 @@ its regular plugin mechanism. It
   sampler drops the last partial batch of packs, truncates to the shortest of several random packings, and
   Axolotl sets max_steps from an estimate: each of these can leave selected rows untrained);
 - on a CPU, passes `use_cpu` to the training arguments (transformers refuses `bf16: true` on a CPU otherwise)
-  and trains with every available core (`models.training_threads`).
+  and trains with every available core (`models.training_threads`);
+- saves the prepared dataset without datasets' spawned worker process (`save_prepared_without_spawn`).
 """
 
 from __future__ import annotations
+
+import os
 
 import os
 
@@ -131,7 +134,35 @@ def use_complete_packing(trainer) -> None:
     trainer._create_multipack_sampler = create
 
 
+def save_prepared_without_spawn() -> None:
+    """Axolotl saves the prepared dataset with `save_to_disk(num_proc=1)` for small sets, and datasets (4.x) runs
+    any num_proc >= 1 in a *spawned* worker process: a fresh Python importing torch and datasets, 3-10 s per
+    round on a 2-core machine, to write a few kilobytes. num_proc=None writes the same files in-process."""
+    import axolotl.utils.data.sft as sft
+    from datasets import Dataset
+
+    if getattr(sft.save_preprocessed_dataset, "_diverse_axolotl", False):
+        return
+    original = sft.save_preprocessed_dataset
+
+    def save(cfg, dataset, dataset_hash, split):
+        if isinstance(dataset, Dataset):
+            plain = dataset.save_to_disk
+
+            def save_to_disk(path, *args, num_proc=None, **kwargs):
+                return plain(path, *args, num_proc=None if num_proc == 1 else num_proc, **kwargs)
+
+            dataset.save_to_disk = save_to_disk
+        return original(cfg, dataset, dataset_hash, split)
+
+    save._diverse_axolotl = True
+    sft.save_preprocessed_dataset = save
+
+
 class ProgressPlugin(BasePlugin):
+    def register(self, cfg):
+        save_prepared_without_spawn()
+
     def get_training_args(self, cfg):
         return {"use_cpu": True} if not models.cuda_available() else {}
 
