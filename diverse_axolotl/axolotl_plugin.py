@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 
-import os
-
 import numpy as np
 import torch
 from axolotl.integrations.base import BasePlugin
