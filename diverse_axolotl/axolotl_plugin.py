@@ -42,7 +42,7 @@ class StepProgress(TrainerCallback):
         self._advance = self._bar.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
-        from .loop import pause_point
+        from .faults import pause_point
 
         pause_point("training-step")  # tests deliver Ctrl-C here, inside Axolotl's training loop
         if self._advance is not None:

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
 
-from . import interrupt
-from .errors import UserError
-from .logs import default_log_dir, echo, only_our_output, say, terminal_err, terminal_out
-
-DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
-
-
-def friendly_errors(fn):
-    """UserError (and a missing file) -> one red line and exit code 1; --debug shows the traceback.
-    Ctrl-C at any stage -> our one line and exit code 130 (see `interrupt`)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        try:
-            with interrupt.handling_interrupts():
-                return fn(*args, **kwargs)
-        except UserError as exc:
-            if ctx.find_root().params.get("debug") and not interrupt.requested():
-                raise
-            if interrupt.requested():
-                interrupt.say_interrupted()
-                sys.exit(130)
-            click.secho(f"error: {exc}", fg="red", file=terminal_err())
-            sys.exit(1)
-        except KeyboardInterrupt:
-            interrupt.say_interrupted()
-            sys.exit(130)
-        except BaseException:
-            # Ctrl-C that a library turned into another exception or an exit status on its way out
-            if interrupt.requested() and not ctx.find_root().params.get("debug"):
-                interrupt.say_interrupted()
-                sys.exit(130)
-            raise
-
-    return wrapper
+from .cli_common import DEFAULT_MODEL_DIR, friendly_errors
+from .logs import default_log_dir, echo, only_our_output, say, terminal_out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,7 +71,7 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
     recipe = load_recipe(recipe_file)
     loop = Loop(recipe, log=say)
     with loop.lock():  # one run per folder; released however this process ends
-        from .loop import pause_point
+        from .faults import pause_point
 
         pause_point("locked")
         loop.preflight()

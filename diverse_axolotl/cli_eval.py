@@ -6,20 +6,8 @@ from pathlib import Path
 
 import click
 
+from .cli_common import DEFAULT_MODEL_DIR, friendly_errors
 from .logs import echo, say, terminal_out
-
-
-def _friendly(fn):
-    """cli.friendly_errors, looked up when the command runs (cli.py imports this module at its end)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command("eval")
@@ -41,7 +29,7 @@ def _friendly(fn):
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("eval.json"), show_default=True,
               help="result file (JSON); lm-eval's log goes beside it with suffix .log")
 @click.option("--list-tasks", is_flag=True, help="list the tasks and exit")
-@_friendly
+@friendly_errors
 def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, chat_template, allow_code_execution,
              data_dir, device, out, list_tasks) -> None:
     """Evaluate a model (+ LoRA adapter) on local lm-eval tasks and our held-out metrics."""
@@ -52,8 +40,6 @@ def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, 
         echo("\n".join([*lm_eval_tasks(), *OUR_METRICS]))
         return
     if model is None:
-        from .cli import DEFAULT_MODEL_DIR
-
         model = DEFAULT_MODEL_DIR
     size: int | str = batch_size
     if batch_size.isdigit():
@@ -86,7 +72,7 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
               help="folder for report.md, report.html and the PNGs")
-@_friendly
+@friendly_errors
 def report_cmd(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Plots and tables over one or more run folders (metrics, diversity, embedding maps, timings)."""
     from .report import write_report

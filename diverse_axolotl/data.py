@@ -199,25 +199,6 @@ def check_rows(rows: list[dict], fmt: str, path: Path) -> None:
             raise UserError(f"{start}: {problem}{end}")
 
 
-def head(rows: Rows, limit: int) -> Rows:
-    """The first `limit` rows, keeping where each came from."""
-    out = _rows(rows[:limit], rows.lines[:limit] if rows.lines is not None else None)
-    out.files = rows.files[:limit] if rows.files is not None else None
-    out.index = rows.index[:limit] if rows.index is not None else None
-    return out
-
-
-def load_pool(path: Path, fmt: str, limit: int | None = None, data_files=None, split: str | None = None) -> Rows:
-    """A pool's rows, checked: a file, several files or a glob, a `save_to_disk` folder (see `pools.read_pool`)."""
-    from .pools import read_pool
-
-    rows = read_pool(path, data_files, split)
-    if limit is not None:
-        rows = head(rows, limit)
-    check_rows(rows, fmt, path)
-    return rows
-
-
 def _texts(row: dict, fmt: str) -> list[str]:
     if fmt == "alpaca":
         return [str(row.get("instruction") or ""), str(row.get("output") or "")]

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import re
-import signal
 import shutil
 import socket
 import sys
@@ -41,38 +40,13 @@ import numpy as np
 
 from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
-from .data import atomic_path, clean_pool, file_sha256, load_pool, prompt_and_response, save_npy, write_json, write_jsonl
+from .data import atomic_path, clean_pool, file_sha256, prompt_and_response, save_npy, write_json, write_jsonl
+from .pools import load_pool
 from .errors import UserError
+from .faults import FAILPOINT_ENV, PAUSE_ENV, PAUSE_MARKER_ENV, failpoint, pause_point  # noqa: F401  (re-exported)
 from .models import all_cpu_threads
 from .recipe import Recipe
 from .selection import get_selector
-
-
-FAILPOINT_ENV = "DIVERSE_AXOLOTL_FAILPOINT"
-
-
-def failpoint(name: str) -> None:
-    """Die at once (SIGKILL, like a lost machine) when the environment names this point; tests use it to
-    interrupt a run at exact places and check that resuming gives the same result as never stopping."""
-    if os.environ.get(FAILPOINT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-PAUSE_ENV = "DIVERSE_AXOLOTL_PAUSE"
-PAUSE_MARKER_ENV = "DIVERSE_AXOLOTL_PAUSE_MARKER"
-
-
-def pause_point(name: str) -> None:
-    """Wait here (touching the marker file first) when the environment names this point, until a signal ends
-    the wait: tests deliver Ctrl-C, or start a second run, at an exact stage instead of racing the clock."""
-    if os.environ.get(PAUSE_ENV) != name:
-        return
-    marker = os.environ.get(PAUSE_MARKER_ENV)
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 LOCK_NAME = ".diverse-axolotl.lock"

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable
 
-from .data import REQUIRED_FIELDS, Rows, file_sha256, read_rows
+from .data import REQUIRED_FIELDS, Rows, _rows, check_rows, file_sha256, read_rows
 from .errors import UserError
 
 #: Files read as pool files when a folder (not a `save_to_disk` one) is given.
@@ -166,3 +166,20 @@ def axolotl_entry(entry: dict[str, Any]) -> tuple[str, Any, str | None, str]:
         str(entry.get("type") or "alpaca"), entry.get("field_messages"), entry.get("message_property_mappings")
     )
     return str(entry["path"]), entry.get("data_files"), entry.get("split"), fmt
+
+
+def head(rows: Rows, limit: int) -> Rows:
+    """The first `limit` rows, keeping where each came from."""
+    out = _rows(rows[:limit], rows.lines[:limit] if rows.lines is not None else None)
+    out.files = rows.files[:limit] if rows.files is not None else None
+    out.index = rows.index[:limit] if rows.index is not None else None
+    return out
+
+
+def load_pool(path: Path, fmt: str, limit: int | None = None, data_files=None, split: str | None = None) -> Rows:
+    """A pool's rows, checked: a file, several files or a glob, a `save_to_disk` folder (see `read_pool`)."""
+    rows = read_pool(path, data_files, split)
+    if limit is not None:
+        rows = head(rows, limit)
+    check_rows(rows, fmt, path)
+    return rows

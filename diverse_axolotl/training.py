@@ -128,7 +128,7 @@ def our_sigint():
 def _pause_in_dataset_preparation(round_name: str):
     """Test hook: with DIVERSE_AXOLOTL_PAUSE=datasets:<round folder>, the first row Axolotl maps while preparing
     the round's dataset waits there (see `loop.pause_point`), so that a test can deliver Ctrl-C at that stage."""
-    from .loop import PAUSE_ENV, pause_point
+    from .faults import PAUSE_ENV, pause_point
 
     point = f"datasets:{round_name}"
     if os.environ.get(PAUSE_ENV) != point:

@@ -116,7 +116,8 @@ def carve_split(
 
 def read_heldout_file(path: Path, fmt: str, label: str | None) -> HeldoutSet:
     """A held-out file in any pool format, read and cleaned like a pool (empty rows skipped)."""
-    from ..data import clean_pool, load_pool
+    from ..data import clean_pool
+    from ..pools import load_pool
 
     rows = load_pool(path, fmt)
     kept, numbers, _ = clean_pool(rows, fmt, "skip", False, path)
