@@ -126,12 +126,9 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
 
 
 def default_cache_dir() -> Path:
-    import os
+    from .cache import cache_root
 
-    root = os.environ.get("DIVERSE_AXOLOTL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "diverse-axolotl"
-    )
-    return Path(root) / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

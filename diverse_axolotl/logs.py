@@ -160,11 +160,10 @@ def echo(message: str = "", **style) -> None:
 
 
 def default_log_dir() -> Path:
-    """$DIVERSE_AXOLOTL_CACHE/logs (default ~/.cache/diverse-axolotl/logs)."""
-    root = os.environ.get("DIVERSE_AXOLOTL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "diverse-axolotl"
-    )
-    return Path(root) / "logs"
+    """Where each CLI verb's third-party output goes: the cache folder's logs/."""
+    from .cache import cache_root
+
+    return cache_root() / "logs"
 
 
 def _own_stream(stream, fd: int):

@@ -37,16 +37,10 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_is_faster(threads: int | None = None) -> bool:
-    """Whether bf16 pays on this CPU: native bf16 (`cpu_supports_bf16`) and, measured here, bf16 matmuls of a
-    small model's shapes at least 1.25x faster than fp32 (best of 5 each, ~0.1 s, once per process). Native
-    support alone does not decide it: on a 2-core Xeon with AVX512-BF16 but no AMX, oneDNN's bf16 matmuls ran at
-    about half the fp32 rate (bench/RESULTS.md), while an EPYC with AVX512-BF16 ran them 2.6x faster."""
-    if not cpu_supports_bf16():
-        return False
+def _bf16_speedup(threads: int) -> float:
+    """fp32 time / bf16 time of matmuls of a small model's shapes (best of 5 each, ~0.1 s)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or available_cores())
+    torch.set_num_threads(threads)
     try:
         seconds = {}
         for dtype in (torch.float32, torch.bfloat16):
@@ -60,7 +54,51 @@ def cpu_bf16_is_faster(threads: int | None = None) -> bool:
             seconds[dtype] = best
     finally:
         torch.set_num_threads(before)
-    return seconds[torch.bfloat16] * 1.25 <= seconds[torch.float32]
+    return seconds[torch.float32] / seconds[torch.bfloat16]
+
+
+def _cpu_identity(threads: int) -> str:
+    """CPU model, its flags, torch's version and the thread count: what the bf16 decision depends on."""
+    import hashlib
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
+        flags = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("flags")), "")
+    except OSError:
+        model, flags = platform.processor(), ""
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return f"{model} | flags {digest} | torch {torch.__version__} | {threads} threads"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_faster(threads: int | None = None) -> bool:
+    """Whether bf16 pays on this CPU: native bf16 (`cpu_supports_bf16`) and bf16 matmuls measured at least 1.25x
+    faster than fp32. Native support alone does not decide it: on a 2-core Xeon with AVX512-BF16 but no AMX,
+    oneDNN's bf16 matmuls ran at about half the fp32 rate (bench/RESULTS.md), while an EPYC with AVX512-BF16 ran
+    them 2.6x faster. The measurement is made once per machine (CPU, flags, torch, threads) and kept in the cache
+    folder: every process of a run, and a resumed run, must pick the same dtype whatever the machine's load."""
+    if not cpu_supports_bf16():
+        return False
+    import json
+
+    from .cache import cache_root
+    from .data import write_json
+
+    threads = threads or available_cores()
+    key = _cpu_identity(threads)
+    path = cache_root() / "cpu-bf16.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known.get(key), dict):
+        speedup = _bf16_speedup(threads)
+        known[key] = {"bf16_speedup": round(speedup, 3), "bf16": speedup >= 1.25}
+        with contextlib.suppress(OSError):  # a read-only cache costs a measurement per process, nothing else
+            write_json(path, known)
+    return bool(known[key]["bf16"])
 
 
 def available_cores() -> int:

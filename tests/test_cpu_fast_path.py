@@ -113,3 +113,22 @@ def test_cpu_defaults_fill_only_what_the_recipe_leaves_out(tmp_path, monkeypatch
     # On a GPU nothing is added beyond the round's own keys.
     monkeypatch.setattr(models, "cuda_available", lambda: True)
     assert "bf16" not in training.axolotl_config({"base_model": "m"}, *args)
+
+
+def test_the_bf16_decision_is_made_once_per_machine_and_kept(monkeypatch, tmp_path):
+    """Every process of a run, and a resumed run, must pick the same dtype: the measurement is stored, not redone."""
+    import json
+
+    from diverse_axolotl import models
+
+    monkeypatch.setenv("DIVERSE_AXOLOTL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: True)
+    speedups = iter([1.3, 0.5])  # a loaded machine could measure anything the second time
+    monkeypatch.setattr(models, "_bf16_speedup", lambda threads: next(speedups))
+    models.cpu_bf16_is_faster.cache_clear()
+    assert models.cpu_bf16_is_faster(2) is True
+    models.cpu_bf16_is_faster.cache_clear()  # a new process
+    assert models.cpu_bf16_is_faster(2) is True
+    stored = json.loads((tmp_path / "cpu-bf16.json").read_text())
+    assert [v["bf16"] for v in stored.values()] == [True]
+    models.cpu_bf16_is_faster.cache_clear()

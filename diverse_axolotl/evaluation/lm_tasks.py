@@ -65,10 +65,10 @@ def registry_names() -> frozenset[str]:
     from importlib import metadata
 
     from ..data import write_json
-    from ..logs import default_log_dir
+    from ..cache import cache_root
 
     version = metadata.version("lm_eval")
-    cached = default_log_dir().parent / f"lm_eval-{version}-tasks.json"
+    cached = cache_root() / f"lm_eval-{version}-tasks.json"
     if cached.is_file():
         with contextlib.suppress(ValueError, OSError):
             return frozenset(json.loads(cached.read_text(encoding="utf-8")))
