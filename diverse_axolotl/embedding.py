@@ -13,24 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .inference import padded_batch, token_budget_batches
 from .models import decoder_body
 from .progress import progress_bar
-
-
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
-    """Row ids grouped into batches, longest first, each with rows * longest <= batch_tokens (at least one row)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, current, longest = [], [], 0
-    for idx in order:
-        length = max(int(lengths[idx]), 1)
-        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
-            batches.append(np.array(current))
-            current, longest = [], 0
-        current.append(int(idx))
-        longest = max(longest, length)
-    if current:
-        batches.append(np.array(current))
-    return batches
 
 
 def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -72,12 +57,7 @@ def embed_token_ids(
     lengths = [len(t) for t in token_ids]
     with progress_bar(desc, total=sum(lengths), unit="tok") as advance:
         for batch in token_budget_batches(lengths, batch_tokens):
-            width = max(max(lengths[i] for i in batch), 1)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = torch.as_tensor(token_ids[i])
-                mask[row, : lengths[i]] = 1
+            ids, mask = padded_batch([token_ids[i] for i in batch], pad_id)
             ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             outputs = body(input_ids=ids, attention_mask=mask, output_hidden_states=layer != -1, use_cache=False)
             hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]

@@ -1,6 +1,43 @@
-"""Inference code shared by scoring and evaluation: greedy generation in left-padded, token-budgeted batches."""
+"""Inference code shared by embedding, scoring and evaluation: rows batched by a token budget, padded batches,
+and greedy generation."""
 
 from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
+    """Row ids grouped into batches, longest first, each with rows * longest <= batch_tokens (at least one row)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, current, longest = [], [], 0
+    for idx in order:
+        length = max(int(lengths[idx]), 1)
+        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
+            batches.append(np.array(current))
+            current, longest = [], 0
+        current.append(int(idx))
+        longest = max(longest, length)
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+def padded_batch(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id lists padded to the longest (at least 1 wide): right padding for
+    forward passes, left padding for generation (new tokens then follow every prompt directly)."""
+    width = max(max((len(s) for s in sequences), default=0), 1)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not len(seq):
+            continue
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
 
 
 def greedy_generate(
@@ -13,10 +50,8 @@ def greedy_generate(
     desc: str = "generating",
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches; the prompt cut from the left to fit max_length)."""
-    import torch
     from transformers import GenerationConfig
 
-    from .embedding import token_budget_batches
     from .models import decoder_body
     from .progress import progress_bar
 
@@ -36,13 +71,8 @@ def greedy_generate(
             batch_new = max(max_new_tokens[i] for i in batch)
             keep = max(max_length - batch_new, 1)  # prompt + generation stay within max_length
             prompt_ids = {i: encoded[i][-keep:] for i in batch}
-            width = max(len(prompt_ids[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                n = len(prompt_ids[i])
-                ids[row, width - n:] = torch.as_tensor(prompt_ids[i])
-                mask[row, width - n:] = 1
+            ids, mask = padded_batch([prompt_ids[i] for i in batch], pad, left=True)
+            width = ids.shape[1]
             config = GenerationConfig(
                 max_new_tokens=batch_new, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos
             )

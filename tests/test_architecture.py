@@ -90,3 +90,14 @@ def test_no_import_cycle_in_the_package():
     for name, targets in graph.items():
         graph[name] = {t for t in targets if not name.startswith(t + ".")}
     assert cycles(graph) == []
+
+
+def test_one_padded_batch_builder_both_sides():
+    from diverse_axolotl.inference import padded_batch
+
+    ids, mask = padded_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = padded_batch([[5, 6, 7], [8]], pad_id=0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = padded_batch([[]], pad_id=3)
+    assert ids.tolist() == [[3]] and mask.tolist() == [[0]]

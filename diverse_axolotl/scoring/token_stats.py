@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import prompt_and_response
-from ..embedding import token_budget_batches
+from ..inference import padded_batch, token_budget_batches
 from ..errors import UserError
 from ..models import decoder_body
 from ..progress import progress_bar
@@ -116,12 +116,7 @@ def response_token_stats(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with progress_bar(desc, total=len(pairs)) as advance:
         for batch in token_budget_batches(lengths, batch_tokens):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = torch.as_tensor(encoded[i][0])
-                mask[row, : lengths[i]] = 1
+            ids, mask = padded_batch([encoded[i][0] for i in batch], pad)
             ids, mask = ids.to(device), mask.to(device)
             hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             for row, i in enumerate(batch):
