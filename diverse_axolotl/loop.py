@@ -693,7 +693,7 @@ class Loop:
             with all_cpu_threads():
                 evaluate_spec(
                     spec, self.recipe.axolotl["base_model"], self.paths.adapter(k), path,
-                    device=self.sel.embedding.device, dtype=self.sel.embedding.dtype,
+                    device=spec.device, dtype=spec.dtype,
                     trust_remote_code=self._trust_remote_code, own=self.heldout,
                 )
         metrics = json.loads(path.read_text()).get("metrics", {})

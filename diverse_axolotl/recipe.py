@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError, did_you_mean
+from .evaluation.spec import EvalSpec
 
 #: Keys the loop writes into the Axolotl config itself; a recipe setting them would be silently overridden.
 LOOP_OWNED_AXOLOTL_KEYS = ("datasets", "dataset_prepared_path", "lora_model_dir")
@@ -129,7 +130,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, ignored_types=(functools.cached_property,))
     path: Path
     selection: SelectionSpec
-    eval: Optional[Any] = None  # evaluation.EvalSpec, validated in load_recipe (lm-eval is imported lazily)
+    eval: Optional[EvalSpec] = None  # validated in load_recipe, where its errors get their own wording
     output_dir: Path
     axolotl: dict[str, Any]
 
@@ -305,8 +306,6 @@ def load_recipe(path: str | Path) -> Recipe:
     output_dir = raw.pop("output_dir")
     eval_block = raw.pop("eval", None)
     if eval_block is not None:
-        from .evaluation import EvalSpec
-
         if isinstance(eval_block, dict) and isinstance(eval_block.get("data_dir"), str):
             eval_block = {**eval_block, "data_dir": str(_resolve(base, eval_block["data_dir"]))}
         held = eval_block.get("heldout") if isinstance(eval_block, dict) else None

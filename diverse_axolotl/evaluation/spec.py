@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,6 +30,10 @@ class EvalSpec(BaseModel):
     apply_chat_template: bool = Field(False, description="lm-eval prompts through the tokenizer's chat template")
     allow_code_execution: bool = Field(False, description="consent to run generated code (da_humaneval, da_mbpp)")
     data_dir: Optional[Path] = Field(None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the evaluated model runs")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU and on a CPU where bf16 is measured faster, else float32"
+    )
     heldout: HeldoutSpec = Field(default_factory=HeldoutSpec)
 
     @field_validator("tasks")
