@@ -240,11 +240,14 @@ def main() -> None:
     ap.add_argument("--pool", default=str(ROOT / "tests" / "data" / "alpaca_200.json"))
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--arms", default="abcde", help="which arms to run (a is the baseline the ratios refer to)")
+    ap.add_argument("--arms", default="abcde", help="which arms to run, as letters: ac (a is the baseline the ratios refer to)")
     ap.add_argument("--work", default="/tmp/diverse-axolotl-bench-training")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = sorted(set(args.arms) - set(ARMS))
+    if unknown:
+        ap.error(f"--arms: unknown arm(s) {', '.join(map(repr, unknown))}; arms are {''.join(ARMS)}")
     if args.arm:  # run inside the importable module, where Axolotl's plugin (bench.training.Recorder) records
         from bench import training
 
