@@ -88,6 +88,31 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def pool_texts(rows: Sequence[dict], fmt: str, tokenizer) -> list[str]:
+    """What is embedded of each row: prompt and response as the model reads them (its chat template for chats)."""
+    from .data import prompt_and_response
+
+    return ["".join(prompt_and_response(r, fmt, tokenizer)) for r in rows]
+
+
+def pool_digest(pool_sha256: str | None, fmt: str, file_rows: Sequence[int]) -> str:
+    """The pool part of an embedding cache key: its content, its format, and which of its rows are embedded."""
+    import hashlib
+
+    rows_digest = hashlib.sha256(np.asarray(file_rows, dtype=np.int64).tobytes()).hexdigest()
+    return f"{pool_sha256}:{fmt}:{rows_digest}"
+
+
+def check_finite(emb, where: str) -> None:
+    """A model that produced NaN/inf embeddings is named in one line (the rows, counted from 0)."""
+    from .errors import UserError
+    from .selection.base import nonfinite_rows
+
+    bad = nonfinite_rows(emb)
+    if len(bad):
+        raise UserError(f"{where}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
+
+
 def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
     """(pool, base model, adapter weights, pooling, layer, max_length, dtype) -> a hex key."""
     import hashlib
@@ -125,8 +150,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def cache_file(cache_dir: Path, key: str) -> Path:
+    """Where the cache keeps the embeddings of `key`."""
+    return Path(cache_dir) / f"{key}.npy"
+
+
 def cache_fetch(cache_dir: Path, key: str, dst: Path) -> bool:
-    src = Path(cache_dir) / f"{key}.npy"
+    src = cache_file(cache_dir, key)
     if not src.is_file():
         return False
     _link_or_copy(src, dst)
@@ -135,4 +165,4 @@ def cache_fetch(cache_dir: Path, key: str, dst: Path) -> bool:
 
 def cache_store(cache_dir: Path, key: str, src: Path) -> None:
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    _link_or_copy(src, Path(cache_dir) / f"{key}.npy")
+    _link_or_copy(src, cache_file(cache_dir, key))

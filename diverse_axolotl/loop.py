@@ -40,7 +40,7 @@ import numpy as np
 
 from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
-from .data import atomic_path, clean_pool, file_sha256, prompt_and_response, save_npy, write_json, write_jsonl
+from .data import atomic_path, clean_pool, file_sha256, save_npy, write_json, write_jsonl
 from .pools import load_pool
 from .errors import UserError
 from .faults import FAILPOINT_ENV, PAUSE_ENV, PAUSE_MARKER_ENV, failpoint, pause_point  # noqa: F401  (re-exported)
@@ -539,11 +539,13 @@ class Loop:
 
     def _rows_over_sequence_len(self, k: int) -> int:
         """How many of the round's rows Axolotl had to truncate (prompt + answer longer than sequence_len)."""
+        from .embedding import pool_texts
+
         limit = self.recipe.axolotl.get("sequence_len")
         if not limit:
             return 0
         picks, _ = read_manifest(self.paths, k)
-        texts = ["".join(prompt_and_response(self.rows[i], self.sel.pool.format, self.tokenizer)) for i in picks]
+        texts = pool_texts([self.rows[i] for i in picks], self.sel.pool.format, self.tokenizer)
         return sum(len(ids) > int(limit) for ids in self.tokenizer(texts)["input_ids"])
 
     def _note_dtype(self) -> None:
@@ -572,14 +574,13 @@ class Loop:
         return load_model(self.recipe.axolotl["base_model"], None, spec.device, spec.dtype, self._trust_remote_code)
 
     def _cache_key(self, k: int, base: bool = False) -> str | None:
-        from .embedding import embedding_cache_key
+        from .embedding import embedding_cache_key, pool_digest
 
         if not self.sel.embedding.cache:
             return None
-        rows_digest = hashlib.sha256(np.asarray(self.file_rows, dtype=np.int64).tobytes()).hexdigest()
-        pool_digest = f"{self.recipe.pool_sha256}:{self.sel.pool.format}:{rows_digest}"
+        pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
         adapter = None if base else self.paths.adapter(k)
-        return embedding_cache_key(pool_digest, Path(self.recipe.axolotl["base_model"]), adapter, self.sel.embedding)
+        return embedding_cache_key(pool, Path(self.recipe.axolotl["base_model"]), adapter, self.sel.embedding)
 
     @property
     def _cache_dir(self) -> Path:
@@ -602,19 +603,16 @@ class Loop:
         return False
 
     def embed(self, k: int, model, base: bool = False) -> np.ndarray:
-        from .embedding import cache_store, embed_rows
+        from .embedding import cache_store, check_finite, embed_rows, pool_texts
 
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if self.embed_from_cache(k, base):
             return np.load(path, mmap_mode="r")
-        fmt = self.sel.pool.format
-        texts = ["".join(prompt_and_response(r, fmt, self.tokenizer)) for r in self.rows]
+        texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer)
         partial = path.with_name(f".{path.stem}.partial.npy")
         desc = f"round {k}: embedding" + (" with the base model" if base else "")
         emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=desc)
-        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
-        if len(bad):
-            raise UserError(f"round {k}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
+        check_finite(emb, f"round {k}")
         del emb
         failpoint("embed:base" if base else f"embed:{k}")
         partial.replace(path)

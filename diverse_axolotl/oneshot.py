@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .data import Rows, atomic_path, check_rows, clean_pool, prompt_and_response, write_json, write_jsonl
+from .data import Rows, atomic_path, check_rows, clean_pool, write_json, write_jsonl
 from .errors import UserError
 from .pools import axolotl_entry, concat, detect_format, pool_sha256, pool_sources, read_source
+from .selection.base import nonfinite_rows
 
 
 @dataclass
@@ -126,7 +127,7 @@ def load_embeddings_file(path: Path, n_rows: int) -> np.ndarray:
         raise UserError(f"{path}: expected a 2-D numeric array (rows x dims), got shape {emb.shape} of {emb.dtype}")
     if emb.shape[0] != n_rows:
         raise UserError(f"{path}: {emb.shape[0]} rows of embeddings, but the pool has {n_rows} rows (one per pool row, in file order)")
-    bad = np.flatnonzero(~np.isfinite(np.asarray(emb, dtype=np.float32)).all(axis=1))
+    bad = nonfinite_rows(emb)  # in chunks: the file stays a memmap
     if len(bad):
         raise UserError(f"{path}: NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()} (rows counted from 0)")
     return emb
@@ -175,20 +176,16 @@ def l2_normalise(emb: np.ndarray) -> None:
     emb /= np.maximum(norms, 1e-12)
 
 
-def pool_texts(rows: Sequence[dict], fmt: str, tokenizer) -> list[str]:
-    return ["".join(prompt_and_response(r, fmt, tokenizer)) for r in rows]
-
-
 def embed_pool(pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec, log: Callable[[str], None]) -> tuple[np.ndarray, str | None]:
     """(embeddings of the usable rows, cache key): from the embedding cache when this pool, model and settings
     were embedded before, else computed (with a progress bar) and stored there."""
-    from .embedding import default_cache_dir, embed_rows, embedding_cache_key
+    from .embedding import cache_file, check_finite, default_cache_dir, embed_rows, embedding_cache_key, pool_digest, pool_texts
 
-    rows_digest = hashlib.sha256(np.asarray(pool.file_rows, dtype=np.int64).tobytes()).hexdigest()
     kind = "causal" if causal else "encoder-l2"
-    key = embedding_cache_key(f"{pool.sha256}:{pool.fmt}:{rows_digest}:{kind}", Path(model_dir), None, spec) if spec.cache else None
+    digest = f"{pool_digest(pool.sha256, pool.fmt, pool.file_rows)}:{kind}"
+    key = embedding_cache_key(digest, Path(model_dir), None, spec) if spec.cache else None
     cache_dir = Path(spec.cache_dir or default_cache_dir())
-    cached = cache_dir / f"{key}.npy" if key else None
+    cached = cache_file(cache_dir, key) if key else None
     if cached is not None and cached.is_file():
         log(f"embeddings reused from the cache ({key})")
         return np.load(cached, mmap_mode="r"), key
@@ -198,9 +195,7 @@ def embed_pool(pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec
         out = cache_dir / f".{key}.{os.getpid()}.partial.npy"
     try:
         emb = embed_rows(model, tokenizer, pool_texts(pool.rows, pool.fmt, tokenizer), spec, out=out, desc="embedding the pool")
-        bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
-        if len(bad):
-            raise UserError(f"{model_dir}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
+        check_finite(emb, str(model_dir))
         if not causal:
             l2_normalise(emb)
         if out is None:

@@ -50,7 +50,7 @@ def test_budget_and_params_parse():
 def test_select_with_a_model_picks_what_the_selector_picks_on_its_embeddings(tmp_path, tiny_model, pool_file):
     from diverse_axolotl.embedding import embed_rows
     from diverse_axolotl.models import load_model, load_tokenizer
-    from diverse_axolotl.oneshot import pool_texts
+    from diverse_axolotl.embedding import pool_texts
     from diverse_axolotl.recipe import EmbeddingSpec
 
     out = tmp_path / "subset.jsonl"

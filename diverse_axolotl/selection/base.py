@@ -106,13 +106,14 @@ def check_embeddings(embeddings) -> np.ndarray:
         raise UserError("the pool is empty: there is nothing to select from")
     if not np.issubdtype(emb.dtype, np.floating):
         emb = emb.astype(np.float32)
-    bad = _nonfinite_rows(emb)
+    bad = nonfinite_rows(emb)
     if len(bad):
         raise UserError(f"embeddings hold NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()}")
     return emb
 
 
-def _nonfinite_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def nonfinite_rows(arr: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Ids of the rows (of a 1-D or 2-D array, memmaps included) holding NaN or inf, read in chunks."""
     bad = []
     for start in range(0, len(arr), chunk):
         block = np.asarray(arr[start : start + chunk])
@@ -125,7 +126,7 @@ def check_scores(scores, n: int) -> np.ndarray:
     arr = np.asarray(scores, dtype=np.float64)
     if arr.shape != (n,):
         raise UserError(f"scores must hold one value per pool row: got shape {arr.shape} for {n} rows")
-    bad = _nonfinite_rows(arr)
+    bad = nonfinite_rows(arr)
     if len(bad):
         raise UserError(f"scores hold NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()}")
     return arr
