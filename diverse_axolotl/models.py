@@ -23,18 +23,24 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@functools.lru_cache(maxsize=None)
+def cpuinfo_field(name: str) -> str:
+    """The first `name : value` of /proc/cpuinfo ('' where there is none, e.g. not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_supports_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo's flags. Without
     them PyTorch emulates bf16 and it is slower than fp32, so fp32 stays the choice there."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(set(cpuinfo_field("flags").split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def _bf16_speedup(threads: int) -> float:
@@ -62,13 +68,8 @@ def _cpu_identity(threads: int) -> str:
     import hashlib
     import platform
 
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
-        flags = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("flags")), "")
-    except OSError:
-        model, flags = platform.processor(), ""
-    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    model = cpuinfo_field("model name") or platform.processor()
+    digest = hashlib.sha256(cpuinfo_field("flags").encode()).hexdigest()[:12]
     return f"{model} | flags {digest} | torch {torch.__version__} | {threads} threads"
 
 
