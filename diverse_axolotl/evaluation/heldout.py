@@ -107,9 +107,6 @@ def _read_source(path: str) -> tuple[dict, ...]:
     return tuple(rows)
 
 
-_stable_rng = stable_rng
-
-
 def heldout_rows(
     source: str,
     n: int,
@@ -135,12 +132,12 @@ def heldout_rows(
             groups.setdefault(key, []).append(i)
     names = sorted(groups)
     if max_groups is not None and max_groups < len(names):
-        order = _stable_rng(seed, source, "groups").permutation(len(names))
+        order = stable_rng(seed, source, "groups").permutation(len(names))
         names = sorted(names[j] for j in order[:max_groups])
     picked: list[HeldoutRow] = []
     for name in names:
         candidates = np.asarray(groups[name])
-        chosen = candidates[_stable_rng(seed, source, name).permutation(len(candidates))[:n]]
+        chosen = candidates[stable_rng(seed, source, name).permutation(len(candidates))[:n]]
         picked.extend(HeldoutRow(int(i), name, src.to_alpaca(raws[int(i)])) for i in chosen)
     picked.sort(key=lambda r: r.index)
     return picked
