@@ -33,6 +33,17 @@ class FirstRows(Selector):
         n = embeddings if isinstance(embeddings, int) else len(embeddings)
         free = np.setdiff1d(np.arange(n), already_selected)
         return (free[::-1] if self.params.reverse else free)[:budget]
+
+
+from diverse_axolotl.scoring import Scorer
+
+
+class RowLength(Scorer):
+    name = "row_length"
+    description = "characters in the row's output (a test plugin)"
+
+    def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
+        return np.array([len(r["output"]) for r in rows], dtype=np.float32)
 '''
 
 
@@ -50,6 +61,8 @@ def installed_plugin(tmp_path_factory):
         version = "0.1"
         [project.entry-points."diverse_axolotl.selectors"]
         first_rows = "first_rows_plugin:FirstRows"
+        [project.entry-points."diverse_axolotl.scorers"]
+        row_length = "first_rows_plugin:RowLength"
         [tool.setuptools]
         packages = ["first_rows_plugin"]
     '''))
@@ -84,3 +97,30 @@ def test_the_cli_lists_the_plugin(installed_plugin):
 
     out = CliRunner().invoke(main, ["selectors"]).output
     assert "first_rows" in out and "reverse" in out
+
+
+def test_an_installed_scorer_plugin_is_found_and_scores(installed_plugin):
+    from diverse_axolotl.scoring import available_scorers, get_scorer
+
+    assert "row_length" in available_scorers()
+    scores = get_scorer("row_length").score(None, None, [{"output": "ab"}, {"output": "abcd"}], "alpaca")
+    assert scores.tolist() == [2.0, 4.0]
+    with pytest.raises(UserError, match="unknown scorer 'row_lenght'.*did you mean 'row_length'"):
+        get_scorer("row_lenght")
+
+
+def test_a_name_registered_twice_is_an_error():
+    from diverse_axolotl.registry import Registry
+    from diverse_axolotl.scoring import SCORERS, Scorer, available_scorers, register_scorer
+
+    existing = available_scorers()["perplexity_gap"]
+    clash = type("Clash", (Scorer,), {"name": "perplexity_gap"})
+    with pytest.raises(ValueError, match="scorer 'perplexity_gap' is registered twice"):
+        register_scorer(clash)
+    assert SCORERS.get("perplexity_gap") is existing  # the first registration stands
+
+    fresh = Registry("scorer", Scorer, "no.such.group")
+    with pytest.raises(ValueError, match="not a Scorer subclass"):
+        fresh.register(type("NotAScorer", (), {"name": "x"}))
+    fresh.register("lazy", "diverse_axolotl.scoring.perplexity_gap:PerplexityGapScorer")
+    assert fresh.get("lazy").__name__ == "PerplexityGapScorer"  # a "module:Class" entry loads on first use

@@ -7,10 +7,10 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel
 
-from ..errors import UserError, did_you_mean
+from ..registry import Registry
 from ..selection.base import NoParams, parse_params
 
-_SCORERS: dict[str, type["Scorer"]] = {}
+ENTRY_POINT_GROUP = "diverse_axolotl.scorers"
 
 
 class Scorer:
@@ -28,18 +28,19 @@ class Scorer:
         raise NotImplementedError
 
 
+#: Built-ins (registered when the package's __init__ imports their modules) and plugins of ENTRY_POINT_GROUP.
+SCORERS: Registry[type[Scorer]] = Registry("scorer", Scorer, ENTRY_POINT_GROUP)
+
+
 def register_scorer(cls):
-    _SCORERS[cls.name] = cls
-    return cls
+    """Class decorator adding a built-in scorer under `cls.name` (a name registered twice is a ValueError)."""
+    return SCORERS.register(cls)
 
 
 def available_scorers() -> dict[str, type[Scorer]]:
-    """Every registered scorer by name (the package's __init__ imports the built-in modules, which registers them)."""
-    return dict(sorted(_SCORERS.items()))
+    """Every scorer by name: built-ins first, then plugins, each group sorted."""
+    return SCORERS.available()
 
 
 def get_scorer(name: str, **params) -> Scorer:
-    scorers = available_scorers()
-    if name not in scorers:
-        raise UserError(f"unknown scorer '{name}'{did_you_mean(name, scorers)}; available: {', '.join(scorers)}")
-    return scorers[name](**params)
+    return SCORERS.get(name)(**params)
