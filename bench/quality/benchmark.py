@@ -348,6 +348,7 @@ def _setup_section(cfg: QualityConfig, meta: dict, plans, n: int, model: Path, g
         sel = ", ".join(f"{k}={v}" for k, v in arm.selector.items() if k != "name")
         how = {
             "fixed": "round 0 only: the budget drawn at random",
+            "base": "the selector on the base model's embeddings (no adapter) fills the budget; one training",
             "oneshot": f"{cfg.oneshot_seed_rows} random rows trained once, pool embedded with that adapter, one "
                        "selection round fills the budget",
             "iterative": f"{cfg.iterative.seed_units} unit(s) random, then +{cfg.iterative.step_units} unit(s) per round, "

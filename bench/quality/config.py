@@ -4,8 +4,10 @@ A config is YAML (see default.yaml, cpu_small.yaml, smoke.yaml). Relative paths 
 folder. Two special values exist for the smoke mode: `model: tiny` (a random two-layer Llama built into the output
 folder, like tests/conftest.py's) and `data_root: fixture` (a data root made from tests/data/alpaca_200.json).
 
-Arms have one of four modes, all run through `diverse-axolotl run <recipe>`:
+Arms have one of five modes, all run through `diverse-axolotl run <recipe>`:
   fixed      round 0 only: `seed_size` = the budget, drawn at random with the run's seed (the `random` arm)
+  base       round 0 only, chosen by the selector on the base model's own embeddings (`round0: base`): the exact
+             one-shot selection (DiverseEvol's "static" setting, kMQ's one-shot), one training per budget
   oneshot    a tiny random seed round (`oneshot_seed_rows`, counted in the budget) whose only job is to give the
              loop an adapter to embed with, then ONE selection round that fills the budget from those embeddings.
              The toolkit always embeds with base + the latest adapter; after a handful of steps on a few rows the
@@ -62,11 +64,13 @@ class PoolConfig(Strict):
 
 
 class ArmConfig(Strict):
-    mode: Literal["fixed", "oneshot", "iterative", "full"]
+    mode: Literal["fixed", "base", "oneshot", "iterative", "full"]
     selector: dict[str, Any] = Field(default_factory=lambda: {"name": "random"})
     scorer: Optional[dict[str, Any]] = None
     seeds: Optional[list[int]] = Field(None, description="default: the config's `seeds`")
     label: Optional[str] = Field(None, description="what the tables call the arm (default: its key)")
+    axolotl: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys of this arm only, over the "
+                                    "shared ones (e.g. the full arm's num_epochs when time demands it; say so)")
 
 
 class IterativeConfig(Strict):

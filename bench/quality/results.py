@@ -65,8 +65,13 @@ def round_times(run_dir: Path, k: int) -> dict[str, float] | None:
 
 
 def find_space(plans: list[RunPlan], runs_dir: Path) -> tuple[str, Path] | None:
-    """The embeddings every subset's diversity is measured in: round 0 of the first one-shot run that saved them
-    (base model + the tiny seed adapter, the same for every one-shot arm of that seed), else any round 0."""
+    """The embeddings every subset's diversity is measured in: the base model's own (a `base` run's round 0),
+    else round 0 of the first one-shot run that saved them (base model + the tiny seed adapter, the same for every
+    one-shot arm of that seed), else any round 0."""
+    for plan in plans:
+        path = runs_dir / plan.key / "round_0" / "base_embeddings.npy"
+        if plan.mode == "base" and path.is_file():
+            return "base model", path
     ordered = sorted(plans, key=lambda p: (p.mode != "oneshot", p.seed != 0))
     for plan in ordered:
         path = runs_dir / plan.key / "round_0" / "embeddings.npy"

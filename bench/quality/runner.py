@@ -97,6 +97,9 @@ def _arm_plans(cfg: QualityConfig, name: str, arm: ArmConfig, seed: int, rows: d
         if arm.mode == "fixed":
             sel = {**base, "seed_size": n, "per_round": 1, "rounds": 0}
             plans.append(RunPlan(tag, name, arm.mode, seed, {b: n}, {b: 0}, sel))
+        elif arm.mode == "base":  # the selector on the base model's own embeddings: one training, nothing thrown away
+            sel = {**base, "seed_size": n, "round0": "base", "per_round": 1, "rounds": 0}
+            plans.append(RunPlan(tag, name, arm.mode, seed, {b: n}, {b: 0}, sel))
         else:  # oneshot
             seed_rows = cfg.oneshot_seed_rows
             if seed_rows >= n:
@@ -121,7 +124,8 @@ def recipe_for(plan: RunPlan, cfg: QualityConfig, pool_file: Path, model: Path, 
     ev = {**cfg.eval, "every_round": plan.every_round, "heldout": heldout}
     if eval_data_dir is not None:
         ev["data_dir"] = str(eval_data_dir)
-    return {**axolotl_keys(cfg, model, gpu), "selection": selection, "eval": ev, "output_dir": str(runs_dir / plan.key)}
+    keys = {**axolotl_keys(cfg, model, gpu), **cfg.arms[plan.arm].axolotl}
+    return {**keys, "selection": selection, "eval": ev, "output_dir": str(runs_dir / plan.key)}
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> None:
