@@ -3,6 +3,9 @@
 Rows are tokenised once, sorted by length, and packed into batches holding at most `batch_tokens` padded tokens,
 so short rows share big batches and long rows small ones. Only the transformer body runs (no vocab-sized logits).
 Results go to a float32 array in the original row order (a memmap on disk when `out` is given).
+
+Under torch.distributed each rank embeds a shard balanced by token count and the rows are assembled in pool order:
+written into one shared file, or gathered to rank 0 when the ranks share no filesystem (`embed_rows_distributed`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from .inference import padded_batch, token_budget_batches
 from .models import decoder_body
 from .progress import progress_bar
@@ -45,15 +49,29 @@ def embed_token_ids(
     desc: str = "embedding",
 ) -> np.ndarray:
     """(N, hidden) float32 embeddings of pre-tokenised rows, in input order."""
+    n = len(token_ids)
+    shape = (n, model.config.hidden_size)
+    result = (
+        np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
+        if out is not None
+        else np.empty(shape, dtype=np.float32)
+    )
+
+    def write(batch: np.ndarray, values: np.ndarray) -> None:
+        result[batch] = values
+
+    embed_batches(model, token_ids, pad_id, pooling, layer, batch_tokens, write, desc)
+    if isinstance(result, np.memmap):
+        result.flush()
+    return result
+
+
+@torch.inference_mode()
+def embed_batches(model, token_ids, pad_id: int, pooling: str, layer: int, batch_tokens: int, write, desc: str) -> None:
+    """Embed rows in token-budget batches and hand each batch to `write(positions, float32 values)`: the one
+    forward loop behind the in-memory, memmap and data-parallel results."""
     body = decoder_body(model)
     device = next(body.parameters()).device
-    hidden_size = model.config.hidden_size
-    n = len(token_ids)
-    result = (
-        np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden_size))
-        if out is not None
-        else np.empty((n, hidden_size), dtype=np.float32)
-    )
     lengths = [len(t) for t in token_ids]
     with progress_bar(desc, total=sum(lengths), unit="tok") as advance:
         for batch in token_budget_batches(lengths, batch_tokens):
@@ -61,17 +79,148 @@ def embed_token_ids(
             ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             outputs = body(input_ids=ids, attention_mask=mask, output_hidden_states=layer != -1, use_cache=False)
             hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
-            result[batch] = pool_hidden(hidden, mask, pooling).cpu().numpy()
+            write(batch, pool_hidden(hidden, mask, pooling).cpu().numpy())
             advance(int(sum(lengths[i] for i in batch)))
+
+
+def embed_rows(
+    model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding",
+    shared_fs: bool = True,
+):
+    """Tokenise and embed texts as the recipe's `embedding` block says.
+
+    Under torch.distributed (more than one rank) every rank must call this with the same texts: each embeds a
+    length-balanced shard (`embed_rows_distributed`). With `shared_fs` and `out`, every rank gets the one file
+    (read-only memmap); otherwise rank 0 gets the whole array (written to `out` when given) and the others None."""
+
+    if distributed.world_size() > 1 and distributed.is_initialized():
+        return embed_rows_distributed(model, tokenizer, texts, spec, out, desc, shared_fs=shared_fs)
+    ids = tokenize_texts(tokenizer, texts, spec.max_length)
+    return embed_token_ids(model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc)
+
+
+# -- data-parallel embedding ----------------------------------------------------------------------------------------
+def shard_tokens(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, list[list[int]]]:
+    """This rank's rows of a length-balanced split (pool ids, sorted) and their token ids.
+
+    Each rank tokenises only its contiguous block to measure lengths (`distributed.shards_by_cost`), then the
+    rows of its shard it has not tokenised yet: about 2N/W tokenisations per rank instead of N."""
+
+    block: dict[int, list[int]] = {}
+
+    def block_costs(lo: int, hi: int) -> list[int]:
+        for i, ids in zip(range(lo, hi), tokenize_texts(tokenizer, texts[lo:hi], max_length) if hi > lo else []):
+            block[i] = ids
+        return [len(block[i]) for i in range(lo, hi)]
+
+    shards, _ = distributed.shards_by_cost(len(texts), block_costs)
+    mine = shards[distributed.rank()]
+    missing = [int(i) for i in mine if int(i) not in block]
+    if missing:
+        for i, ids in zip(missing, tokenize_texts(tokenizer, [texts[i] for i in missing], max_length)):
+            block[i] = ids
+    return mine, [block[int(i)] for i in mine]
+
+
+class _RowFile:
+    """Writes rows of a float32 .npy created by rank 0, by byte offset (pwrite): ranks write disjoint rows of one
+    file without sharing pages through mmap, which network filesystems do not keep coherent across machines."""
+
+    def __init__(self, path: Path):
+        import os
+
+        header = np.load(path, mmap_mode="r")
+        self.offset, self.row_bytes = header.offset, header.shape[1] * 4
+        del header
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        import os
+
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        for row, vector in zip(rows.tolist(), values):
+            os.pwrite(self.fd, vector.tobytes(), self.offset + row * self.row_bytes)
+
+    def close(self) -> None:
+        import os
+
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
+def embed_rows_distributed(
+    model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding",
+    shared_fs: bool = True, gather_rows: int = 8192,
+):
+    """Data-parallel `embed_rows`: every rank embeds its length-balanced shard; the rows are put back in pool order.
+
+    shared_fs and out: rank 0 creates `out` (a float32 .npy), every rank writes its rows into it, a barrier, and
+    every rank returns it as a read-only memmap. Otherwise the rows travel to rank 0 by gather, `gather_rows` per
+    rank at a time (rank 0 holds one round, not every shard twice); rank 0 returns the (N, hidden) array (a memmap
+    when `out` is given), the other ranks None. Which rank embeds a row changes only its batch neighbours: the
+    values match one process within float tolerance (padding never enters the pooled value)."""
+
+    n, hidden = len(texts), model.config.hidden_size
+    mine, ids = shard_tokens(tokenizer, texts, spec.max_length)
+    args = (tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens)
+    if shared_fs and out is not None:
+        out = Path(out)
+        distributed.on_rank0(
+            lambda: np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden)).flush()
+        )
+        rows = _RowFile(out)
+        try:
+            embed_batches(model, ids, *args, lambda batch, values: rows.write(mine[batch], values), desc)
+        finally:
+            rows.close()
+        distributed.barrier()
+        return np.load(out, mmap_mode="r")
+    local = np.empty((len(mine), hidden), dtype=np.float32)
+
+    def keep(batch, values):
+        local[batch] = values
+
+    embed_batches(model, ids, *args, keep, desc)
+    result = None
+    if distributed.is_rank0():
+        result = (
+            np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden))
+            if out is not None
+            else np.empty((n, hidden), dtype=np.float32)
+        )
+    longest = max(distributed.all_gather_object(len(mine)))
+    for start in range(0, max(longest, 1), gather_rows):
+        part = (mine[start : start + gather_rows], local[start : start + gather_rows])
+        received = distributed.gather_object(part, dst=0)
+        if result is not None:
+            for rows_, values in received:
+                result[rows_] = values
     if isinstance(result, np.memmap):
         result.flush()
     return result
 
 
-def embed_rows(model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding"):
-    """Tokenise and embed texts as the recipe's `embedding` block says."""
-    ids = tokenize_texts(tokenizer, texts, spec.max_length)
-    return embed_token_ids(model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc)
+def contiguous_block(emb, n: int):
+    """Rows [b[r], b[r+1]) of the pool on rank r, from a pool-order array that every rank can read (`emb` not
+    None on every rank: the shared file) or that only rank 0 holds (then sent to each rank by scatter): the
+    shards `selection.kcenter.farthest_first_distributed` takes, so no rank keeps the whole matrix in memory.
+    Returns (block, offset)."""
+
+    bounds = distributed.contiguous_bounds(n, distributed.world_size())
+    r = distributed.rank()
+    everyone_has_it = all(distributed.all_gather_object(emb is not None))
+    if everyone_has_it or distributed.world_size() == 1:
+        return emb[bounds[r] : bounds[r + 1]], int(bounds[r])
+    import torch.distributed as dist
+
+    box = [None]
+    parts = (
+        [np.asarray(emb[bounds[q] : bounds[q + 1]]) for q in range(distributed.world_size())]
+        if distributed.is_rank0()
+        else None
+    )
+    dist.scatter_object_list(box, parts, src=0)
+    return box[0], int(bounds[r])
 
 
 # -- cache ------------------------------------------------------------------------------------------------------

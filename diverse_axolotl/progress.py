@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .distributed import is_rank0  # one bar per run under torchrun: rank 0's
 from .logs import verb_terminal_err
 
 
@@ -54,7 +55,7 @@ def progress_bar(description: str, total: int, unit: str = "rows"):
     )
     console = _console()
     with Progress(
-        *columns, console=console, transient=False, disable=not console.is_terminal,
+        *columns, console=console, transient=False, disable=not console.is_terminal or not is_rank0(),
         redirect_stdout=False, redirect_stderr=False,  # prints of other libraries stay where they were going
     ) as prog:
         task = prog.add_task(description, total=total, rate="")
