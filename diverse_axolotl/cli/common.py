@@ -1,6 +1,7 @@
-"""What every CLI verb shares: how errors and Ctrl-C end a verb, and the demo model's default folder.
+"""What every CLI verb shares: how errors and Ctrl-C end a verb, the demo model's default folder, and the tables
+verbs print.
 
-Kept apart from cli.py so that the modules adding verbs (cli_eval) need not import the main command group.
+Kept apart from the package's __init__ (which builds the command group) so that the verb modules never import it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from . import interrupt
-from .errors import UserError
-from .logs import terminal_err
+from .. import interrupt
+from ..errors import UserError
+from ..logs import terminal_err, terminal_out
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 
@@ -47,3 +48,29 @@ def friendly_errors(fn):
             raise
 
     return wrapper
+
+
+def cell(value, digits: int) -> str:
+    """A table cell: '-' for a missing value, floats to `digits` decimals."""
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_tables(*tables) -> None:
+    """Rich tables on the terminal (not into the verb's log file, where third-party output goes)."""
+    from rich.console import Console
+
+    console = Console(file=terminal_out())
+    for table in tables:
+        console.print(table)
+
+
+def table(title: str, columns: list[str], rows: list[list[str]], justify: dict[str, str] | None = None):
+    """A rich Table; every column right-aligned unless `justify` says otherwise."""
+    from rich.table import Table
+
+    out = Table(title=title)
+    for col in columns:
+        out.add_column(col, justify=(justify or {}).get(col, "right"))  # type: ignore[arg-type]
+    for row in rows:
+        out.add_row(*row)
+    return out

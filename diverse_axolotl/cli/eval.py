@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .cli_common import DEFAULT_MODEL_DIR, friendly_errors
-from .logs import echo, say, terminal_out
+from ..errors import UserError
+from ..logs import echo, say
+from .common import DEFAULT_MODEL_DIR, friendly_errors, print_tables, table
 
 
 @click.command("eval")
@@ -33,8 +34,7 @@ from .logs import echo, say, terminal_out
 def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, chat_template, allow_code_execution,
              data_dir, device, out, list_tasks) -> None:
     """Evaluate a model (+ LoRA adapter) on local lm-eval tasks and our held-out metrics."""
-    from .errors import UserError
-    from .evaluation import OUR_METRICS, HeldoutSpec, evaluate, lm_eval_tasks
+    from ..evaluation import OUR_METRICS, HeldoutSpec, evaluate, lm_eval_tasks
 
     if list_tasks:
         echo("\n".join([*lm_eval_tasks(), *OUR_METRICS]))
@@ -57,15 +57,8 @@ def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, 
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="evaluation")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    Console(file=terminal_out()).print(table)
+    rows = [[name, f"{value:.4f}"] for name, value in metrics.items()]
+    print_tables(table("evaluation", ["metric", "value"], rows, justify={"metric": "left"}))
 
 
 @click.command("report")
@@ -75,12 +68,10 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @friendly_errors
 def report_cmd(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Plots and tables over one or more run folders (metrics, diversity, embedding maps, timings)."""
-    from .report import write_report
+    from ..report import write_report
 
     written = write_report(list(run_dirs), out)
     echo(f"report: {written['markdown']} and {written['html']} ({len(written['pngs'])} plots)")
     for folder, why in written.get("unfinished", {}).items():
         echo(f"note: {folder} is {why}")
 
-
-COMMANDS = [eval_cmd, report_cmd]
