@@ -257,8 +257,9 @@ def main() -> None:
     from diverse_axolotl.models import available_cores, cpu_supports_bf16
 
     cores = available_cores()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1",
-           "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    from diverse_axolotl.environment import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS", None)
     results = {}
     Path(args.work).mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,11 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import UserError
+from .io import atomic_path, save_npy, write_json, write_jsonl  # noqa: F401  (re-exported: their old home)
 
 REQUIRED_FIELDS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "sharegpt": ("conversations",), "completion": ("text",)}
 AXOLOTL_TYPE = {"alpaca": "alpaca", "chat": "chat_template", "sharegpt": "chat_template", "completion": "completion"}
@@ -272,37 +270,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temp path beside `path`; rename it over `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def save_npy(path: Path, array) -> None:
-    import numpy as np
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)

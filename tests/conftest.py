@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-for _key, _value in {
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
+from diverse_axolotl.environment import OFFLINE_ENV
+
+for _key, _value in {"OMP_NUM_THREADS": "1", **OFFLINE_ENV}.items():
     os.environ.setdefault(_key, _value)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,6 @@ has no default folder.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..data import _open_text, prompt_and_response
+from ..data import prompt_and_response, read_rows
 from ..errors import UserError, did_you_mean
 from ..inference import greedy_generate
 from .own_data import Format, HeldoutRow, HeldoutSet, SplitSpec, read_heldout_file, stable_rng
@@ -83,28 +82,11 @@ HELDOUT_FORMAT = "alpaca"
 
 @functools.lru_cache(maxsize=8)
 def _read_source(path: str) -> tuple[dict, ...]:
-    """Rows of a pool file (JSON list or JSON lines, optionally .gz/.xz), cached for the process.
-
-    Lines are split on '\\n' only: T0 prompts hold raw U+2028 characters, which str.splitlines() would split on.
-    """
+    """Rows of a pool file (`data.read_rows`: JSON list or JSON lines, optionally .gz/.xz), cached for the process."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: held-out source file not found (set {DATA_ENV} or heldout.data_root)")
-    with _open_text(p) as fh:
-        text = fh.read()
-    if text.lstrip().startswith("["):
-        try:
-            return tuple(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{p}:{lineno}: malformed JSON ({exc.msg})") from None
-    return tuple(rows)
+    return tuple(read_rows(p))
 
 
 def heldout_rows(
