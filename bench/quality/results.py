@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from diverse_axolotl.data import atomic_path
+from diverse_axolotl.report.plots import figure, save_png
 
 from .config import QualityConfig, budget_label
 from .pool import composition
@@ -186,27 +187,9 @@ def aggregate(records: list[dict], metrics: list[str], random_arm: str = "random
 
 
 # ---------------------------------------------------------------------------------------------------- plots
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8.0, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.chmod(tmp, 0o644)
-
-
 def plot_metric(records: list[dict], arms: list[str], modes: dict[str, str], metric: str, path: Path,
                 random_arm: str = "random") -> None:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     xs_all = sorted({round(100 * r["fraction"], 3) for r in records if r["fraction"] < 1})
     # arms at the same budget side by side, not on top of each other
@@ -244,11 +227,11 @@ def plot_metric(records: list[dict], arms: list[str], modes: dict[str, str], met
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_bars(agg: dict, arms: list[str], budgets: list[float], value, ylabel: str, title: str, path: Path) -> None:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(len(budgets), 1)
     for j, b in enumerate(budgets):
@@ -262,12 +245,12 @@ def plot_bars(agg: dict, arms: list[str], budgets: list[float], value, ylabel: s
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, title="budget")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_composition(agg: dict, arms: list[str], budget: float, sources: list[str], path: Path,
                      pool_share: dict[str, float] | None = None) -> None:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     present = [a for a in arms if (a, budget) in agg and agg[(a, budget)].get("composition")]
     shares = {a: agg[(a, budget)]["composition"]["source_share"] for a in present}
@@ -283,7 +266,7 @@ def plot_composition(agg: dict, arms: list[str], budget: float, sources: list[st
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ markdown
