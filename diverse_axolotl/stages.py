@@ -1,0 +1,225 @@
+"""The model work of one round, stage by stage: train the round's adapter (Axolotl), embed and score the pool with
+it, evaluate it. Each stage first looks for its output in the run folder and reuses it, so a resumed run never
+recomputes finished work; selecting the next round's rows from these outputs is `picking.py`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import save_npy, write_json
+from .faults import failpoint, pause_point
+from .models import all_cpu_threads
+from .recipe import Recipe
+from .run_paths import RunPaths, read_manifest
+
+
+class RoundStages:
+    """Train, embed, score and evaluate for any round k of one run (the pool rows are fixed for the run)."""
+
+    def __init__(self, recipe: Recipe, paths: RunPaths, rows: list[dict], file_rows: list[int], selector, heldout,
+                 log: Callable[[str], Any] = print):
+        self.recipe = recipe
+        self.sel = recipe.selection
+        self.paths = paths
+        self.rows = rows
+        self.file_rows = file_rows
+        self.selector = selector
+        self.heldout = heldout
+        self.log = log
+        self._tokenizer = None
+        self._dtype_noted = False
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.recipe.axolotl["base_model"], self.trust_remote_code, note=self.log)
+        return self._tokenizer
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.recipe.axolotl.get("trust_remote_code") is True
+
+    @property
+    def scorer_name(self) -> str | None:
+        return self.sel.scorer.name if self.sel.scorer else self.selector.default_scorer
+
+    # -- training -------------------------------------------------------------------------------------------
+    def train(self, k: int) -> dict[str, Any]:
+        from .training import axolotl_config, train_round
+
+        adapter = self.paths.adapter(k)
+        done_marker = adapter / "train_result.json"
+        if self.paths.adapter_complete(k):
+            return json.loads(done_marker.read_text())
+        previous = None if (self.sel.retrain_from_base or k == 0) else self.paths.adapter(k - 1)
+        cfg = axolotl_config(
+            self.recipe.axolotl,
+            self.paths.train_file(k),
+            self.sel.pool.format,
+            adapter,
+            self.paths.round_dir(k) / "prepared",
+            self.sel.seed,
+            previous,
+        )
+        rows = sum(1 for _ in open(self.paths.train_file(k)))
+        self.log(f"round {k}: training on {rows} rows with Axolotl (log: {self.paths.train_log(k)})")
+        result = train_round(
+            cfg, self.paths.round_dir(k), on_trained=lambda: (failpoint(f"train:{k}"), pause_point(f"train:{k}")), description=f"round {k}: training"
+        )
+        shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
+        info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2),
+                "truncated_rows": self._rows_over_sequence_len(k)}
+        write_json(done_marker, info)
+        return info
+
+    def _rows_over_sequence_len(self, k: int) -> int:
+        """How many of the round's rows Axolotl had to truncate (prompt + answer longer than sequence_len)."""
+        from .embedding import pool_texts
+
+        limit = self.recipe.axolotl.get("sequence_len")
+        if not limit:
+            return 0
+        picks, _ = read_manifest(self.paths, k)
+        texts = pool_texts([self.rows[i] for i in picks], self.sel.pool.format, self.tokenizer)
+        return sum(len(ids) > int(limit) for ids in self.tokenizer(texts)["input_ids"])
+
+    # -- the round's model ----------------------------------------------------------------------------------
+    def _note_dtype(self) -> None:
+        """One line, once per run: the dtype embedding and scoring run in (auto is bf16 on a capable CPU)."""
+        if self._dtype_noted:
+            return
+        from .models import dtype_name, resolve_device
+
+        self._dtype_noted = True
+        spec = self.sel.embedding
+        self.log(f"embedding and scoring in {dtype_name(spec.dtype, spec.device)} on {resolve_device(spec.device)}"
+                 f" (selection.embedding.dtype: {spec.dtype}; float32 and bfloat16 can be asked for)")
+
+    def model(self, k: int | None):
+        """Base model + round k's adapter (k None: the base model alone), for embedding and scoring."""
+        from .models import load_model
+
+        self._note_dtype()
+        spec = self.sel.embedding
+        adapter = None if k is None else self.paths.adapter(k)
+        return load_model(self.recipe.axolotl["base_model"], adapter, spec.device, spec.dtype, self.trust_remote_code)
+
+    # -- embedding ------------------------------------------------------------------------------------------
+    def _cache_key(self, k: int, base: bool = False) -> str | None:
+        from .embedding import embedding_cache_key, pool_digest
+
+        if not self.sel.embedding.cache:
+            return None
+        pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
+        adapter = None if base else self.paths.adapter(k)
+        return embedding_cache_key(pool, Path(self.recipe.axolotl["base_model"]), adapter, self.sel.embedding)
+
+    @property
+    def _cache_dir(self) -> Path:
+        from .embedding import default_cache_dir
+
+        return self.sel.embedding.cache_dir or default_cache_dir()
+
+    def embed_from_cache(self, k: int, base: bool = False) -> bool:
+        """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any.
+        `base`: the base model's, without adapter (round 0 with `round0: base`)."""
+        from .embedding import cache_fetch
+
+        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
+        if path.is_file():
+            return True
+        key = self._cache_key(k, base)
+        if key and cache_fetch(self._cache_dir, key, path):
+            self.log(f"round {k}: {'base model ' if base else ''}embeddings reused from the cache ({key})")
+            return True
+        return False
+
+    def embed(self, k: int, model, base: bool = False) -> np.ndarray:
+        from .embedding import cache_store, check_finite, embed_rows, pool_texts
+
+        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
+        if self.embed_from_cache(k, base):
+            return np.load(path, mmap_mode="r")
+        texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer)
+        partial = path.with_name(f".{path.stem}.partial.npy")
+        desc = f"round {k}: embedding" + (" with the base model" if base else "")
+        emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=desc)
+        check_finite(emb, f"round {k}")
+        del emb
+        failpoint("embed:base" if base else f"embed:{k}")
+        partial.replace(path)
+        key = self._cache_key(k, base)
+        if key:
+            cache_store(self._cache_dir, key, path)
+        return np.load(path, mmap_mode="r")
+
+    # -- scoring --------------------------------------------------------------------------------------------
+    def score(self, k: int, model, selected: np.ndarray, base: bool = False) -> np.ndarray | None:
+        name = self.scorer_name
+        if name is None:
+            return None
+        from .scoring import get_scorer
+
+        path = self.paths.base_scores() if base else self.paths.scores(k)
+        if path.is_file():
+            return np.load(path)
+        params = self.sel.scorer.params if self.sel.scorer else {}
+        scorer = get_scorer(name, **params)
+        which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
+        values = np.zeros(len(self.rows), dtype=np.float64)
+        values[which] = scorer.score(model, self.tokenizer, [self.rows[i] for i in which], self.sel.pool.format,
+                                     max_length=self.sel.embedding.max_length,
+                                     desc=f"round {k}: scoring ({name}{', base model' if base else ''})")
+        save_npy(path, values)
+        return values
+
+    def stage_outputs_exist(self, k: int) -> bool:
+        """Round k's embeddings and scores (those the selector uses) are in the round folder or the cache."""
+        has_emb = not self.selector.needs_embeddings or self.embed_from_cache(k)
+        return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
+
+    def restore_stage_outputs(self, k: int) -> None:
+        """Embeddings or scores lost after the next round was selected are recomputed from round k's adapter,
+        without selecting again (the next round's picks stay as they are)."""
+        if self.stage_outputs_exist(k):
+            return
+        selected, _ = read_manifest(self.paths, k)
+        model = self.model(k)
+        with all_cpu_threads():
+            if self.selector.needs_embeddings:
+                self.embed(k, model)
+            self.score(k, model, selected)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def evaluates(self, k: int) -> bool:
+        spec = self.recipe.eval
+        return spec is not None and (spec.every_round or k == self.sel.rounds)
+
+    def evaluate(self, k: int) -> dict[str, Any]:
+        """lm-eval (and our metrics) on the round's adapter, when the recipe has an `eval:` block."""
+        spec = self.recipe.eval
+        if not self.evaluates(k):
+            return {}
+        path = self.paths.eval_file(k)
+        t = time.perf_counter()
+        if not path.is_file():
+            from .evaluation import evaluate_spec
+
+            self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
+            with all_cpu_threads():
+                evaluate_spec(
+                    spec, self.recipe.axolotl["base_model"], self.paths.adapter(k), path,
+                    device=spec.device, dtype=spec.dtype,
+                    trust_remote_code=self.trust_remote_code, own=self.heldout,
+                )
+        metrics = json.loads(path.read_text()).get("metrics", {})
+        return {"eval_s": round(time.perf_counter() - t, 2), "metrics": metrics}
