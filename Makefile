@@ -12,7 +12,7 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model demo test bench clean lock
+.PHONY: setup model demo test lint bench clean lock
 
 LOCK := requirements-cpu.lock
 
@@ -35,7 +35,12 @@ demo: setup model
 	$(CLI) validate recipes/demo.yaml --skip-axolotl > /dev/null
 	$(CLI) run recipes/demo.yaml
 
-test: setup model
+# Lint and type-check first (seconds), then the tests (minutes). Settings in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: setup
+	$(VENV)/bin/ruff check diverse_axolotl tests bench
+	$(VENV)/bin/mypy diverse_axolotl
+
+test: setup model lint
 	$(PY) -m pytest -q tests
 
 bench: setup model

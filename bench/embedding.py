@@ -1,6 +1,7 @@
 """Embedding throughput: the reference way against ours, on the same rows, in one run.
 
-    python bench/embedding.py [--model models/SmolLM2-135M-Instruct] [--rows 200] [--reference-rows 64] [--max-length 256]
+    python bench/embedding.py [--model models/SmolLM2-135M-Instruct] [--rows 200] [--reference-rows 64] \
+        [--max-length 256]
 
 (a) reference: one row at a time, float32, the full causal LM with all hidden states (as DiverseEvol's code does);
 (b) ours: `diverse_axolotl.embedding` (length-sorted token-budget batches, transformer body only), in float32 and
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diverse_axolotl.data import prompt_and_response  # noqa: E402
-from diverse_axolotl.embedding import embed_token_ids, pool_hidden, tokenize_texts  # noqa: E402
+from diverse_axolotl.embedding import embed_token_ids, tokenize_texts  # noqa: E402
 from diverse_axolotl.models import load_model, load_tokenizer  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     print(f"{'way':<52}{'seconds':>10}{'tokens/s':>14}{'vs ref':>9}{'vs fp32':>9}")
     print(f"{'reference: one row at a time, float32':<52}{ref_s:>10.2f}{ref_rate:>14,.0f}{1:>8.2f}x")
     fp32_rate = all_tokens / results["float32"][1]
-    for dtype, (emb, seconds, _) in results.items():
+    for dtype, (_emb, seconds, _) in results.items():
         rate = all_tokens / seconds
         print(f"{'ours: length-sorted token batches, ' + dtype:<52}{seconds:>10.2f}{rate:>14,.0f}"
               f"{rate / ref_rate:>8.2f}x{rate / fp32_rate:>8.2f}x")
@@ -114,14 +115,17 @@ def main() -> None:
     k = min(args.picks, len(ids))
     kc = get_selector("kcenter", device="cpu")
     p32, p16 = kc.select(e32, k).tolist(), kc.select(e16, k).tolist()
-    same_order = next((i for i, (a, b) in enumerate(zip(p32, p16)) if a != b), k)
+    same_order = next((i for i, (a, b) in enumerate(zip(p32, p16, strict=True)) if a != b), k)
     print(f"k-center, first {k} picks on these {len(ids)} rows: bf16 and fp32 share {len(set(p32) & set(p16))} of {k}"
           f" (identical order for the first {same_order})")
     if device.type == "cuda":
         model = results["bfloat16"][2]
         params = sum(p.numel() for p in model.parameters())
         floor_s = 2 * params * all_tokens / matmul_rate(device, torch.bfloat16)
-        print(f"FLOP floor {floor_s:.3f} s at the measured matmul rate: achieved {floor_s / results['bfloat16'][1]:.1%} of it")
+        print(
+            f"FLOP floor {floor_s:.3f} s at the measured matmul rate:"
+            f" achieved {floor_s / results['bfloat16'][1]:.1%} of it"
+        )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ def exact_farthest_first(x: np.ndarray, budget: int) -> np.ndarray:
 
 
 def overlap(picks: np.ndarray, exact: np.ndarray) -> str:
-    return f"{len(np.intersect1d(picks, exact))}/{len(exact)} of the exact picks" + (" (same order)" if np.array_equal(picks, exact) else "")
+    return f"{len(np.intersect1d(picks, exact))}/{len(exact)} of the exact picks" + (
+        " (same order)" if np.array_equal(picks, exact) else ""
+    )
 
 
 def timed(fn, *args, **kwargs):
@@ -134,8 +136,14 @@ def gpu_kcenter(n: int, d: int, picks: int) -> list[tuple]:
     bandwidth = 2 * shard.data.numel() * 2 * 5 / (time.perf_counter() - start)  # read + write per copy
     floor = n * d * 2 / bandwidth
     size = f"N={n:,} d={d:,} bf16 picks={picks}"
-    return [("kcenter on GPU, ms per pick", size, per_pick * 1e3, f"bandwidth floor {floor * 1e3:.2f} ms; {floor / per_pick:.0%} of it"
-             " (the time column is in ms here)")]
+    return [
+        (
+            "kcenter on GPU, ms per pick",
+            size,
+            per_pick * 1e3,
+            f"bandwidth floor {floor * 1e3:.2f} ms; {floor / per_pick:.0%} of it (the time column is in ms here)",
+        )
+    ]
 
 
 def main() -> None:
@@ -179,7 +187,9 @@ def main() -> None:
     print(f"kmq                       {t_kmq:8.2f} s", flush=True)
     cap = s["kmq_k"] * 256
     trained_on = "every row" if s["kmq_n"] <= cap else f"a {cap:,}-row subsample"
-    rows.append(("kmq (faiss k-means + quotas + sampling)", size, t_kmq, f"20 iterations, k-means trained on {trained_on}"))
+    rows.append(
+        ("kmq (faiss k-means + quotas + sampling)", size, t_kmq, f"20 iterations, k-means trained on {trained_on}")
+    )
     del x
 
     # 4. k-means++ seeding against faiss's random initialisation, and the wrapper against faiss directly

@@ -105,12 +105,16 @@ def _verify(dataset: list[dict], batches: list[dict], epochs: int, selected: int
     import numpy as np
 
     seen = [np.asarray(r, dtype=np.int32).tobytes() for b in batches for r in b["rows"]]
-    trained_rows = sum(any(_contains(s, np.asarray(ex["input_ids"], dtype=np.int32).tobytes()) for s in seen) for ex in dataset)
+    trained_rows = sum(
+        any(_contains(s, np.asarray(ex["input_ids"], dtype=np.int32).tobytes()) for s in seen) for ex in dataset
+    )
     label_tokens = sum(b["label_tokens"] for b in batches)
     dataset_labels = sum(int((np.asarray(ex["labels"]) != -100).sum()) for ex in dataset)
     assert len(dataset) == selected, f"Axolotl kept {len(dataset)} of the {selected} selected rows"
     assert trained_rows == selected, f"{trained_rows} of {selected} selected rows trained"
-    assert label_tokens == dataset_labels * epochs, f"trained {label_tokens} label tokens, rows hold {dataset_labels} x {epochs}"
+    assert label_tokens == dataset_labels * epochs, (
+        f"trained {label_tokens} label tokens, rows hold {dataset_labels} x {epochs}"
+    )
     return {"trained_rows": trained_rows, "label_tokens": label_tokens}
 
 
@@ -167,7 +171,9 @@ def run_plain_arm(args, out: dict) -> None:
     torch.set_num_threads(available_cores())
     tok = load_tokenizer(args.model)
     model = load_model(args.model, device="cpu", dtype="float32").train()
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     examples = []
     for row in _rows(args):
         prompt, answer = prompt_and_response(row, "alpaca", tok)
@@ -196,12 +202,21 @@ def run_plain_arm(args, out: dict) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss))
-            batches.append({"rows": ids.tolist(), "label_tokens": int((labels != -100).sum()), "slots": int(ids.numel())})
+            batches.append(
+                {"rows": ids.tolist(), "label_tokens": int((labels != -100).sum()), "slots": int(ids.numel())}
+            )
     end = time.time()
     out.update(_verify(examples, batches, args.epochs, len(examples)))
-    out.update(first_step=first, train_s=end - first, real_tokens=sum(len(e["input_ids"]) for e in examples) * args.epochs,
-               slots=sum(b["slots"] for b in batches), steps=len(batches), mean_loss=sum(losses) / len(losses),
-               final_loss=losses[-1], settings={"bf16": False, "sample_packing": False})
+    out.update(
+        first_step=first,
+        train_s=end - first,
+        real_tokens=sum(len(e["input_ids"]) for e in examples) * args.epochs,
+        slots=sum(b["slots"] for b in batches),
+        steps=len(batches),
+        mean_loss=sum(losses) / len(losses),
+        final_loss=losses[-1],
+        settings={"bf16": False, "sample_packing": False},
+    )
 
 
 def matmul_peak(dtype_name: str, threads: int, n: int = 2048, seconds: float = 3.0) -> float:
@@ -240,7 +255,9 @@ def main() -> None:
     ap.add_argument("--pool", default=str(ROOT / "tests" / "data" / "alpaca_200.json"))
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--arms", default="abcde", help="which arms to run, as letters: ac (a is the baseline the ratios refer to)")
+    ap.add_argument(
+        "--arms", default="abcde", help="which arms to run, as letters: ac (a is the baseline the ratios refer to)"
+    )
     ap.add_argument("--work", default="/tmp/diverse-axolotl-bench-training")
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -268,7 +285,18 @@ def main() -> None:
         result.unlink(missing_ok=True)
         arm_env = {**env, "OMP_NUM_THREADS": "1"} if arm == "a" else env
         base = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--result", str(result)]
-        cmd = base + ["--model", args.model, "--pool", args.pool, "--rows", str(args.rows), "--epochs", str(args.epochs), "--work", args.work]
+        cmd = base + [
+            "--model",
+            args.model,
+            "--pool",
+            args.pool,
+            "--rows",
+            str(args.rows),
+            "--epochs",
+            str(args.epochs),
+            "--work",
+            args.work,
+        ]
         launched = time.time()
         proc = subprocess.run(cmd, env=arm_env, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -285,10 +313,16 @@ def main() -> None:
     peak = results.pop("peak")
     print(f"machine: {cores} available cores, native bf16: {cpu_supports_bf16()}; matmul peak on {cores} threads:"
           f" bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s, fp32 {peak['float32'] / 1e9:.0f} GFLOP/s")
-    print(f"model {Path(args.model).name} ({params / 1e6:.1f} M params, {AutoConfig.from_pretrained(args.model).model_type});"
-          f" {args.rows} rows of {Path(args.pool).name}, {args.epochs} epoch(s)")
+    print(
+        f"model {Path(args.model).name} ({params / 1e6:.1f} M params,"
+        f" {AutoConfig.from_pretrained(args.model).model_type});"
+        f" {args.rows} rows of {Path(args.pool).name}, {args.epochs} epoch(s)"
+    )
     base_rate = None
-    header = f"{'arm':<4}{'real tok/s':>11}{'vs a':>7}{'s to 1st step':>15}{'train s':>9}{'steps':>7}{'pad %':>7}{'final loss':>12}{'mean loss':>11}{'% bf16 peak':>13}{'% fp32 peak':>13}  rows trained"
+    header = (
+        f"{'arm':<4}{'real tok/s':>11}{'vs a':>7}{'s to 1st step':>15}{'train s':>9}{'steps':>7}{'pad %':>7}"
+        f"{'final loss':>12}{'mean loss':>11}{'% bf16 peak':>13}{'% fp32 peak':>13}  rows trained"
+    )
     print(header)
     for arm, r in results.items():
         rate = r["real_tokens"] / r["train_s"]
@@ -297,9 +331,12 @@ def main() -> None:
         to_first = r["first_step"] - r["launched"]
         pad = 1 - r["real_tokens"] / r["slots"]
         flops = 4 * params * rate  # forward 2 x params, backward to the activations 2 x params (LoRA: frozen weights)
-        print(f"{arm:<4}{rate:>11.1f}{ratio:>7}{to_first:>15.1f}{r['train_s']:>9.1f}{r['steps']:>7}{pad:>7.1%}"
-              f"{r['final_loss']:>12.4f}{r['mean_loss']:>11.4f}{flops / peak['bfloat16']:>13.1%}{flops / peak['float32']:>13.1%}"
-              f"  {r['trained_rows']}/{args.rows}")
+        print(
+            f"{arm:<4}{rate:>11.1f}{ratio:>7}{to_first:>15.1f}{r['train_s']:>9.1f}{r['steps']:>7}{pad:>7.1%}"
+            f"{r['final_loss']:>12.4f}{r['mean_loss']:>11.4f}"
+            f"{flops / peak['bfloat16']:>13.1%}{flops / peak['float32']:>13.1%}"
+            f"  {r['trained_rows']}/{args.rows}"
+        )
     for arm, r in results.items():
         print(f"  {arm}: {ARMS[arm]}; settings {r['settings']}")
     print("every arm trained every selected row, each once per epoch (asserted)")

@@ -21,7 +21,12 @@ from typing import Any
 from .errors import UserError
 from .io import atomic_path, save_npy, write_json, write_jsonl  # noqa: F401  (re-exported: their old home)
 
-REQUIRED_FIELDS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "sharegpt": ("conversations",), "completion": ("text",)}
+REQUIRED_FIELDS = {
+    "alpaca": ("instruction", "output"),
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "completion": ("text",),
+}
 AXOLOTL_TYPE = {"alpaca": "alpaca", "chat": "chat_template", "sharegpt": "chat_template", "completion": "completion"}
 #: ShareGPT speakers and the chat role each stands for: Axolotl's default `roles` mapping for chat_template.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -57,7 +62,7 @@ class Rows(list):
     lines: list[int] | None = None
     #: For a pool read from several files: each row's file and its row number there (None: one file).
     files: list[Path] | None = None
-    index: list[int] | None = None
+    index: list[int] | None = None  # type: ignore[assignment]
 
     def where(self, path: Path, i: int) -> tuple[str, str]:
         """(start, end) of a message about row i: `pool.jsonl:7: the row on line 7` or `pool.json: row 6` with
@@ -105,7 +110,7 @@ def read_rows(path: Path) -> Rows:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise _json_error(path, exc, lineno - 1) from None
-            rows.lines.append(lineno)
+            rows.lines.append(lineno)  # type: ignore[union-attr]
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             start, end = rows.where(path, i)
@@ -159,7 +164,11 @@ def _field_problem(row: dict, fmt: str) -> str | None:
         return _sharegpt_problem(row["conversations"])
     if fmt == "chat":
         msgs = row["messages"]
-        if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
+        if not (
+            isinstance(msgs, list)
+            and msgs
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+        ):
             return "'messages' must be a non-empty list of {role, content}"
         for j, m in enumerate(msgs):
             if m["role"] not in CHAT_ROLES:
@@ -207,7 +216,9 @@ def _texts(row: dict, fmt: str) -> list[str]:
     return [str(row.get("text") or "")]
 
 
-def clean_pool(rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: Path) -> tuple[list[dict], list[int], dict]:
+def clean_pool(
+    rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: Path
+) -> tuple[list[dict], list[int], dict]:
     """Drop rows with an empty instruction/answer (or fail, per `empty_rows`) and, if asked, exact duplicates.
 
     Returns the kept rows, their row numbers in the file, and counts for the run's records. Duplicates are
@@ -216,7 +227,11 @@ def clean_pool(rows: list[dict], fmt: str, empty_rows: str, dedup: bool, path: P
     empty = [i for i, row in enumerate(rows) if any(not t.strip() for t in _texts(row, fmt))]
     if empty and empty_rows == "fail":
         lines = getattr(rows, "lines", None)
-        first = f"the row on line {lines[empty[0]]}" if lines and lines[empty[0]] is not None else f"row {empty[0]} (rows counted from 0)"
+        first = (
+            f"the row on line {lines[empty[0]]}"
+            if lines and lines[empty[0]] is not None
+            else f"row {empty[0]} (rows counted from 0)"
+        )
         raise UserError(
             f"{path}: {len(empty)} row(s) have an empty instruction or answer, first: {first}"
             " (set selection.pool.empty_rows: skip to leave them out)"

@@ -49,7 +49,11 @@ def validation_lines(exc, source: str = "", prefix: str = "", model: Any = None)
         if err["type"] == "extra_forbidden":
             holder = _model_at(model, loc[:-1]) if model is not None else None
             valid = sorted(holder.model_fields) if holder is not None else []
-            msg = "unknown key" + did_you_mean(loc[-1], valid) + (f"; valid keys there: {', '.join(valid)}" if valid else "")
+            msg = (
+                "unknown key"
+                + did_you_mean(loc[-1], valid)
+                + (f"; valid keys there: {', '.join(valid)}" if valid else "")
+            )
         elif err["type"] == "missing":
             msg = "missing required key"
         elif err["type"] != "value_error" and "input" in err and not isinstance(err["input"], dict):

@@ -40,7 +40,7 @@ def _writes_to_a_file(handler: logging.StreamHandler) -> bool:
 
 def _swap_stream(handler: logging.StreamHandler, stream):
     """Point a handler at `stream` and return its old one (without flushing it: it may be closed)."""
-    with handler.lock:
+    with handler.lock:  # type: ignore[union-attr]
         old, handler.stream = handler.stream, stream
     return old
 
@@ -87,7 +87,7 @@ def logs_to(log_file: Path, python_streams: bool = True):
             os.dup2(saved_fds[1], 2)
             for fd in saved_fds:
                 os.close(fd)
-            for handler, stream in zip(handlers, saved_streams):
+            for handler, stream in zip(handlers, saved_streams, strict=True):
                 _swap_stream(handler, stream)
             for handler in _stream_handlers():  # made meanwhile (e.g. Axolotl's import) with fh as their stream
                 if handler.stream is fh:
@@ -122,7 +122,7 @@ class _Diverted(io.TextIOBase):
         return True
 
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
 
 

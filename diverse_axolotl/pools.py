@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .data import REQUIRED_FIELDS, Rows, _rows, check_rows, file_sha256, read_rows
 from .errors import UserError
@@ -49,7 +50,9 @@ def _expand(pattern: str, base: Path | None) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
         if not found:
-            raise UserError(f"{path}: the folder holds no pool file ({', '.join(DATA_SUFFIXES)}) and is not a save_to_disk dataset")
+            raise UserError(
+                f"{path}: the folder holds no pool file ({', '.join(DATA_SUFFIXES)}) and is not a save_to_disk dataset"
+            )
         return found
     if not path.exists():
         raise UserError(f"no such file {path}")
@@ -98,7 +101,7 @@ def concat(parts: list[tuple[Path, Rows]]) -> Rows:
         out.extend(rows)
         out.files += [path] * len(rows)
         out.index += list(range(len(rows)))
-        out.lines += rows.lines if rows.lines is not None else [None] * len(rows)
+        out.lines += rows.lines if rows.lines is not None else [None] * len(rows)  # type: ignore[list-item]
     if all(line is None for line in out.lines):
         out.lines = None
     return out

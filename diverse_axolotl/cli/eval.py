@@ -20,15 +20,23 @@ from .common import DEFAULT_MODEL_DIR, friendly_errors, print_tables, table
                    "and heldout_loss, t0_exact")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N rows per task (smoke tests)")
 @click.option("--batch-size", default="auto", show_default=True, help="lm-eval batch size (auto: 4 on CPU)")
-@click.option("--max-gen-toks", type=click.IntRange(min=1), default=None, help="cap on generated tokens (generation tasks)")
+@click.option(
+    "--max-gen-toks", type=click.IntRange(min=1), default=None, help="cap on generated tokens (generation tasks)"
+)
 @click.option("--heldout-n", type=click.IntRange(min=1), default=None, help="held-out rows per source (default 64)")
 @click.option("--chat-template", is_flag=True, help="prompt lm-eval tasks through the tokenizer's chat template")
 @click.option("--allow-code-execution", is_flag=True, help="run model-written code (da_humaneval, da_mbpp)")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("eval.json"), show_default=True,
-              help="result file (JSON); lm-eval's log goes beside it with suffix .log")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("eval.json"),
+    show_default=True,
+    help="result file (JSON); lm-eval's log goes beside it with suffix .log",
+)
 @click.option("--list-tasks", is_flag=True, help="list the tasks and exit")
 @friendly_errors
 def eval_cmd(model, adapter, tasks, limit, batch_size, max_gen_toks, heldout_n, chat_template, allow_code_execution,
@@ -63,8 +71,14 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 @click.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
-              help="folder for report.md, report.html and the PNGs")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("report"),
+    show_default=True,
+    help="folder for report.md, report.html and the PNGs",
+)
 @friendly_errors
 def report_cmd(run_dirs: tuple[Path, ...], out: Path) -> None:
     """Plots and tables over one or more run folders (metrics, diversity, embedding maps, timings)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,12 +39,14 @@ def selectors(as_json: bool) -> None:
     from ..selection import available_selectors
 
     selector_classes, scorer_classes = available_selectors(), available_scorers()
-    listing = {
+    listing: dict[str, dict[str, Any]] = {
         name: {"description": cls.description, "scores": cls.scores, "default_scorer": cls.default_scorer,
                "params": _params_of(cls)}
         for name, cls in selector_classes.items()
     }
-    scorers = {name: {"description": cls.description, "params": _params_of(cls)} for name, cls in scorer_classes.items()}
+    scorers: dict[str, dict[str, Any]] = {
+        name: {"description": cls.description, "params": _params_of(cls)} for name, cls in scorer_classes.items()
+    }
     if as_json:
         echo(json.dumps({"selectors": listing, "scorers": scorers}, indent=2, default=str))
         return
@@ -79,7 +82,9 @@ def selectors(as_json: bool) -> None:
               help=".jsonl, .json or .parquet")
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly_errors
-def select_cmd(pool, selector_name, params, budget, model_dir, embeddings_file, scorer_name, fmt, split, out, seed) -> None:
+def select_cmd(
+    pool, selector_name, params, budget, model_dir, embeddings_file, scorer_name, fmt, split, out, seed
+) -> None:
     """Select a subset of POOL (files, globs, folders or a save_to_disk dataset) in one shot, no training."""
     from ..oneshot import parse_params, read_select_pool, select_pool, write_selection
 

@@ -28,7 +28,6 @@ from .heldout import (
     normalise_answer,
     t0_exact,
 )
-from .own_data import HeldoutSet, SplitSpec, carve_split, read_heldout_file
 from .lm_tasks import (
     EVAL_DATA_ENV,
     OUR_METRICS,
@@ -40,13 +39,44 @@ from .lm_tasks import (
     parse_tasks,
     tasks_dir,
 )
+from .own_data import HeldoutSet, SplitSpec, carve_split, read_heldout_file
 from .run import evaluate, evaluate_spec, flat_metrics, json_safe
 from .spec import EvalSpec
 
 __all__ = [
-    "DATA_ENV", "EVAL_DATA_ENV", "OUR_METRICS", "SOURCES", "T0_SOURCE", "UNSAFE_TASKS", "EvalSpec", "HeldoutRow",
-    "HeldoutSet", "HeldoutSource", "HeldoutSpec", "SplitSpec", "carve_split", "exact_by_group", "heldout_exact",
-    "loss_by_group", "read_heldout_file", "TaskRequest", "default_data_root", "eval_data_dir", "evaluate", "evaluate_spec",
-    "exact_match", "flat_metrics", "greedy_generate", "heldout_ids", "heldout_loss", "heldout_rows", "json_safe",
-    "known_task_listing", "lm_eval_tasks", "normalise_answer", "parse_tasks", "t0_exact", "tasks_dir",
+    "DATA_ENV",
+    "EVAL_DATA_ENV",
+    "OUR_METRICS",
+    "SOURCES",
+    "T0_SOURCE",
+    "UNSAFE_TASKS",
+    "EvalSpec",
+    "HeldoutRow",
+    "HeldoutSet",
+    "HeldoutSource",
+    "HeldoutSpec",
+    "SplitSpec",
+    "carve_split",
+    "exact_by_group",
+    "heldout_exact",
+    "loss_by_group",
+    "read_heldout_file",
+    "TaskRequest",
+    "default_data_root",
+    "eval_data_dir",
+    "evaluate",
+    "evaluate_spec",
+    "exact_match",
+    "flat_metrics",
+    "greedy_generate",
+    "heldout_ids",
+    "heldout_loss",
+    "heldout_rows",
+    "json_safe",
+    "known_task_listing",
+    "lm_eval_tasks",
+    "normalise_answer",
+    "parse_tasks",
+    "t0_exact",
+    "tasks_dir",
 ]

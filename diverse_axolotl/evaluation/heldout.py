@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -47,9 +48,9 @@ class HeldoutSource:
     name: str
     path: str  # relative to the data root
     fields: dict[str, str]  # alpaca field -> field of the file's rows
-    group_by: Optional[str] = None  # held-out rows are drawn per value of this field (T0: the template)
+    group_by: str | None = None  # held-out rows are drawn per value of this field (T0: the template)
     strip_suffix: str = ""  # removed from the answer (T0 completions end in <|endoftext|>)
-    skip_if: Optional[str] = None  # rows where this field is non-empty are never held out (LIMA's multi-turn rows)
+    skip_if: str | None = None  # rows where this field is non-empty are never held out (LIMA's multi-turn rows)
 
     def to_alpaca(self, raw: dict) -> dict:
         out = str(raw[self.fields["output"]])
@@ -103,7 +104,9 @@ def heldout_rows(
     largest n used keeps every evaluated row out of training.
     """
     if source not in SOURCES:
-        raise UserError(f"unknown held-out source '{source}'{did_you_mean(source, SOURCES)}; sources: {', '.join(SOURCES)}")
+        raise UserError(
+            f"unknown held-out source '{source}'{did_you_mean(source, SOURCES)}; sources: {', '.join(SOURCES)}"
+        )
     src = SOURCES[source]
     root = Path(data_root) if data_root is not None else default_data_root()
     raws = _read_source(str((root / src.path).resolve()))
@@ -135,19 +138,19 @@ class HeldoutSpec(BaseModel):
     benchmark `sources` (the default when neither is given)."""
 
     model_config = ConfigDict(extra="forbid")
-    file: Optional[Path] = Field(None, description="held-out rows in a file of any pool format (see `format`)")
-    split: Optional[SplitSpec] = Field(None, description="held-out rows carved from the pool before round 0")
-    format: Optional[Format] = Field(None, description="format of `file` (default: the pool's)")
-    label: Optional[str] = Field(None, description="rows are grouped by this field (default: split.stratify)")
-    sources: Optional[list[str]] = Field(None, description="benchmark sources averaged by heldout_loss (default: all)")
+    file: Path | None = Field(None, description="held-out rows in a file of any pool format (see `format`)")
+    split: SplitSpec | None = Field(None, description="held-out rows carved from the pool before round 0")
+    format: Format | None = Field(None, description="format of `file` (default: the pool's)")
+    label: str | None = Field(None, description="rows are grouped by this field (default: split.stratify)")
+    sources: list[str] | None = Field(None, description="benchmark sources averaged by heldout_loss (default: all)")
     n_per_source: int = Field(64, gt=0, description="held-out rows per source (not T0)")
     n_per_template: int = Field(2, gt=0, description="held-out rows per T0 template (heldout_loss and t0_exact)")
-    max_templates: Optional[int] = Field(None, gt=0, description="use only this many T0 templates (seeded choice)")
+    max_templates: int | None = Field(None, gt=0, description="use only this many T0 templates (seeded choice)")
     seed: int = Field(0, description="fixes which rows are held out")
     max_length: int = Field(512, gt=8, description="tokens of prompt + answer; the prompt is cut from the left")
     batch_tokens: int = Field(8192, gt=0, description="padded tokens per batch")
     max_new_tokens: int = Field(128, gt=0, description="t0_exact: at most this many generated tokens per answer")
-    data_root: Optional[Path] = Field(None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA)")
+    data_root: Path | None = Field(None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA)")
 
     @field_validator("sources")
     @classmethod
@@ -191,8 +194,8 @@ class HeldoutSpec(BaseModel):
 
     def source_set(self, limit: int | None = None) -> HeldoutSet:
         """The benchmark sources' rows as one set, one group per source."""
-        rows = [r._replace(group=name) for name in self.sources for r in self.rows(name, limit)]
-        return HeldoutSet(rows, HELDOUT_FORMAT, "sources: " + ", ".join(self.sources))
+        rows = [r._replace(group=name) for name in self.sources for r in self.rows(name, limit)]  # type: ignore[union-attr, arg-type]
+        return HeldoutSet(rows, HELDOUT_FORMAT, "sources: " + ", ".join(self.sources))  # type: ignore[union-attr, arg-type]
 
     def n_for(self, source: str, limit: int | None = None) -> int:
         n = self.n_per_template if SOURCES[source].group_by else self.n_per_source
@@ -205,13 +208,15 @@ class HeldoutSpec(BaseModel):
         return min(caps) if caps else None
 
     def rows(self, source: str, limit: int | None = None) -> list[HeldoutRow]:
-        return heldout_rows(source, self.n_for(source, limit), self.seed, self.data_root, self.groups_for(source, limit))
+        return heldout_rows(
+            source, self.n_for(source, limit), self.seed, self.data_root, self.groups_for(source, limit)
+        )
 
     def excluded_ids(self, sources: Iterable[str] | None = None) -> dict[str, list[int]]:
         """Per source, the row numbers our metrics may evaluate (the full held-out slice, whatever `limit`)."""
         if self.own and sources is None:  # the user's rows: a split never reaches selection, a file is not the pool
             return {}
-        names = list(sources) if sources is not None else sorted(set(self.sources) | {T0_SOURCE})
+        names = list(sources) if sources is not None else sorted(set(self.sources) | {T0_SOURCE})  # type: ignore[union-attr, arg-type]
         return {name: [r.index for r in self.rows(name)] for name in names}
 
 
@@ -233,14 +238,16 @@ def loss_by_group(model, tokenizer, rows: list[HeldoutRow], fmt: str, max_length
     pairs = [prompt_and_response(r.row, fmt, tokenizer) for r in rows]
     nll = response_token_stats(model, tokenizer, pairs, _fit_length(model, max_length), batch_tokens, desc=desc)["nll"]
     groups: dict[str, list[float]] = {}
-    for r, value in zip(rows, nll):
+    for r, value in zip(rows, nll, strict=True):
         groups.setdefault(r.group, []).append(float(value))
     per_group = {g: {"loss": float(np.mean(v)), "rows": len(v)} for g, v in sorted(groups.items())}
     return {"value": float(np.mean([g["loss"] for g in per_group.values()])), "per_group": per_group,
             "rows": len(rows), "higher_is_better": False}
 
 
-def heldout_loss(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None) -> dict[str, Any]:
+def heldout_loss(
+    model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None
+) -> dict[str, Any]:
     """Mean answer-token NLL per group (label of the user's rows, or benchmark source), macro-averaged.
 
     Benchmark sources keep their `per_source` key (each source's rows are drawn and scored as before)."""
@@ -248,7 +255,7 @@ def heldout_loss(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, 
         own = own or spec.own_set()
         return loss_by_group(model, tokenizer, own.limited(limit), own.fmt, spec.max_length, spec.batch_tokens)
     per_source = {}
-    for name in spec.sources:
+    for name in spec.sources:  # type: ignore[union-attr, arg-type]
         part = loss_by_group(model, tokenizer, [r._replace(group=name) for r in spec.rows(name, limit)], HELDOUT_FORMAT,
                              spec.max_length, spec.batch_tokens, desc=f"held-out loss: {name}")
         per_source[name] = part["per_group"][name]
@@ -282,10 +289,16 @@ def exact_by_group(model, tokenizer, rows: list[HeldoutRow], fmt: str, spec: Hel
         for _, gold in pairs
     ]
     predictions = greedy_generate(
-        model, tokenizer, [p for p, _ in pairs], budgets, _fit_length(model, spec.max_length), spec.batch_tokens, desc=desc,
+        model,
+        tokenizer,
+        [p for p, _ in pairs],
+        budgets,
+        _fit_length(model, spec.max_length),
+        spec.batch_tokens,
+        desc=desc,
     )
     hits: dict[str, list[bool]] = {}
-    for r, (_, gold), pred in zip(rows, pairs, predictions):
+    for r, (_, gold), pred in zip(rows, pairs, predictions, strict=True):
         hits.setdefault(r.group, []).append(exact_match(pred, gold))
     per_group = {name: float(np.mean(v)) for name, v in sorted(hits.items())}
     return {
@@ -297,7 +310,9 @@ def exact_by_group(model, tokenizer, rows: list[HeldoutRow], fmt: str, spec: Hel
     }
 
 
-def heldout_exact(model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None) -> dict[str, Any]:
+def heldout_exact(
+    model, tokenizer, spec: HeldoutSpec, limit: int | None = None, own: HeldoutSet | None = None
+) -> dict[str, Any]:
     """Exact match of greedy answers on the held-out set, per group (label, or benchmark source)."""
     held = (own or spec.own_set()) if spec.own else spec.source_set(limit)
     rows = held.limited(limit) if spec.own else held.rows

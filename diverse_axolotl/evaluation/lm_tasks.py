@@ -14,9 +14,10 @@ import contextlib
 import functools
 import json
 import os
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import yaml
 
@@ -64,8 +65,8 @@ def registry_names() -> frozenset[str]:
     on a small CPU), so the names are kept per lm-eval version in the cache folder."""
     from importlib import metadata
 
-    from ..data import write_json
     from ..cache import cache_root
+    from ..data import write_json
 
     version = metadata.version("lm_eval")
     cached = cache_root() / f"lm_eval-{version}-tasks.json"

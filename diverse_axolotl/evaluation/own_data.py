@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ ALL_ROWS = "all"  # the one group of a held-out set without labels
 
 
 class HeldoutRow(NamedTuple):
-    index: int  # row number in the source file (for a carved split: the pool file's row number)
+    index: int  # type: ignore[assignment]  # row number in the source file (for a carved split: the pool file's row number)
     group: str  # the label, the T0 template, or the source name
     row: dict  # in the set's format
 
@@ -52,8 +52,13 @@ class HeldoutSet:
         groups: dict[str, int] = {}
         for r in self.rows:
             groups[r.group] = groups.get(r.group, 0) + 1
-        return {"origin": self.origin, "format": self.fmt, "rows": len(self.rows), "groups": dict(sorted(groups.items())),
-                "file_rows": [r.index for r in self.rows]}
+        return {
+            "origin": self.origin,
+            "format": self.fmt,
+            "rows": len(self.rows),
+            "groups": dict(sorted(groups.items())),
+            "file_rows": [r.index for r in self.rows],
+        }
 
 
 class SplitSpec(BaseModel):
@@ -62,7 +67,7 @@ class SplitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: int = Field(gt=0, description="held-out rows carved from the pool (never selected, never trained on)")
     seed: int = Field(0, description="fixes which rows are carved")
-    stratify: Optional[str] = Field(
+    stratify: str | None = Field(
         None, description="a field of the pool's rows: each value keeps its share of the held-out rows (and becomes a "
         "metric group unless `label` names another field)",
     )
@@ -97,7 +102,9 @@ def carve_split(
     """(positions of `rows` left for selection, the carved HeldoutSet): a seeded draw of `split.rows` rows,
     proportional per value of `split.stratify` when given. Row numbers in the set are the pool file's."""
     if split.rows >= len(rows):
-        raise UserError(f"eval.heldout.split.rows is {split.rows}, but the pool {pool} has only {len(rows)} usable rows")
+        raise UserError(
+            f"eval.heldout.split.rows is {split.rows}, but the pool {pool} has only {len(rows)} usable rows"
+        )
     by_stratum: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_stratum.setdefault(_label_of(row, split.stratify, f"{pool}: row {file_rows[i]}"), []).append(i)
@@ -105,7 +112,9 @@ def carve_split(
     carved: list[int] = []
     for name in sorted(by_stratum):
         members = np.asarray(by_stratum[name])
-        carved.extend(int(i) for i in members[stable_rng(split.seed, "split", name).permutation(len(members))[: quota[name]]])
+        carved.extend(
+            int(i) for i in members[stable_rng(split.seed, "split", name).permutation(len(members))[: quota[name]]]
+        )
     carved.sort()
     field = label or split.stratify
     held = [HeldoutRow(file_rows[i], _label_of(rows[i], field, f"{pool}: row {file_rows[i]}"), rows[i]) for i in carved]
@@ -121,7 +130,7 @@ def read_heldout_file(path: Path, fmt: str, label: str | None) -> HeldoutSet:
 
     rows = load_pool(path, fmt)
     kept, numbers, _ = clean_pool(rows, fmt, "skip", False, path)
-    held = [HeldoutRow(n, _label_of(r, label, f"{path}: row {n}"), r) for r, n in zip(kept, numbers)]
+    held = [HeldoutRow(n, _label_of(r, label, f"{path}: row {n}"), r) for r, n in zip(kept, numbers, strict=True)]
     return HeldoutSet(held, fmt, str(path))
 
 

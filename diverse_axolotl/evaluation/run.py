@@ -12,8 +12,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from ..data import write_json
 from ..errors import UserError
 from ..logs import logs_to
 from .heldout import T0_SOURCE, HeldoutSpec, heldout_exact, heldout_loss, t0_exact
-from .own_data import HeldoutSet
 from .lm_tasks import OUR_METRICS, UNSAFE_TASKS, TaskRequest, check_task_data, eval_data_dir, parse_tasks, task_manager
+from .own_data import HeldoutSet
 from .spec import EvalSpec
 
 CPU_BATCH_SIZE = 4
@@ -89,7 +90,12 @@ def flat_metrics(result: dict, tasks: Iterable[str] | None = None) -> dict[str, 
         entry = (lm.get("results") or {}).get(name) or (lm.get("groups") or {}).get(name) or {}
         for key, value in entry.items():
             metric, _, filt = key.partition(",")
-            if key == "alias" or metric.endswith("_stderr") or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if (
+                key == "alias"
+                or metric.endswith("_stderr")
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+            ):
                 continue
             out[f"{name}/{metric}" + (f"/{filt}" if filt and filt != "none" else "")] = float(value)
     return out
@@ -108,11 +114,13 @@ def _our_flat(name: str, entry: dict) -> dict[str, float]:
     return out
 
 
-def _check_heldout(requested: list[str], heldout: HeldoutSpec, own: HeldoutSet | None, limit: int | None) -> HeldoutSet | None:
+def _check_heldout(
+    requested: list[str], heldout: HeldoutSpec, own: HeldoutSet | None, limit: int | None
+) -> HeldoutSet | None:
     """Read the held-out rows before lm-eval's long run, so a missing file fails first; returns the user's set."""
     if heldout.own:
         return own or heldout.own_set()
-    needed = set(heldout.sources) if {"heldout_loss", "heldout_exact"} & set(requested) else set()
+    needed = set(heldout.sources) if {"heldout_loss", "heldout_exact"} & set(requested) else set()  # type: ignore[arg-type]
     if "t0_exact" in requested:
         needed.add(T0_SOURCE)
     for source in sorted(needed):
@@ -187,8 +195,18 @@ def evaluate(
             say(f"lm-eval: {', '.join(r.name for r in lm_requests)}" + (f" (log: {log_file})" if log_file else ""))
             with logs_to_file(Path(log_file) if log_file else None):
                 lm_results, model = _run_lm_eval(
-                    base_model, adapter, lm_requests, limit, _resolve_batch_size(batch_size, dev), data, dev,
-                    resolve_dtype(dtype, dev), max_gen_toks, apply_chat_template, allow_code_execution, trust_remote_code,
+                    base_model,
+                    adapter,
+                    lm_requests,
+                    limit,
+                    _resolve_batch_size(batch_size, dev),
+                    data,
+                    dev,
+                    resolve_dtype(dtype, dev),
+                    max_gen_toks,
+                    apply_chat_template,
+                    allow_code_execution,
+                    trust_remote_code,
                 )
         if ours_requested:
             tokenizer = load_tokenizer(base_model, trust_remote_code)
@@ -196,10 +214,10 @@ def evaluate(
                 model = load_model(base_model, adapter, device, dtype, trust_remote_code)
             model.eval()
             if "heldout_loss" in ours_requested:
-                say("held-out loss: " + (own.origin if own else ", ".join(heldout.sources)))
+                say("held-out loss: " + (own.origin if own else ", ".join(heldout.sources)))  # type: ignore[arg-type]
                 ours["heldout_loss"] = heldout_loss(model, tokenizer, heldout, limit, own)
             if "heldout_exact" in ours_requested:
-                say("held-out exact match: " + (own.origin if own else ", ".join(heldout.sources)))
+                say("held-out exact match: " + (own.origin if own else ", ".join(heldout.sources)))  # type: ignore[arg-type]
                 ours["heldout_exact"] = heldout_exact(model, tokenizer, heldout, limit, own)
             if "t0_exact" in ours_requested:
                 say("t0 exact match")

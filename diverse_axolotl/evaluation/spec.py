@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,13 +23,17 @@ class EvalSpec(BaseModel):
         "variants (da_arc_easy, da_arc_challenge, da_gsm8k, da_mmlu, da_ifeval, da_humaneval, da_mbpp; `TASK:N` sets N "
         "shots) and our metrics on held-out rows (eval.heldout): heldout_loss, heldout_exact, t0_exact",
     )
-    limit: Optional[int] = Field(None, gt=0, description="at most this many rows per task (and per held-out source/template)")
+    limit: int | None = Field(
+        None, gt=0, description="at most this many rows per task (and per held-out source/template)"
+    )
     every_round: bool = Field(True, description="evaluate after every round (else only after the last)")
-    batch_size: Union[int, str] = Field("auto", description="lm-eval batch size; 'auto' is 4 on CPU")
-    max_gen_toks: Optional[int] = Field(None, gt=0, description="cap on generated tokens for generation tasks")
+    batch_size: int | str = Field("auto", description="lm-eval batch size; 'auto' is 4 on CPU")
+    max_gen_toks: int | None = Field(None, gt=0, description="cap on generated tokens for generation tasks")
     apply_chat_template: bool = Field(False, description="lm-eval prompts through the tokenizer's chat template")
     allow_code_execution: bool = Field(False, description="consent to run generated code (da_humaneval, da_mbpp)")
-    data_dir: Optional[Path] = Field(None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
+    data_dir: Path | None = Field(
+        None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the evaluated model runs")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on a GPU and on a CPU where bf16 is measured faster, else float32"

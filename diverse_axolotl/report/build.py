@@ -38,10 +38,17 @@ def _coverage_blocks(runs: list[Run], out_dir: Path, pngs: list[Path]) -> list[t
         png = out_dir / f"coverage_{kind}.png"
         plot_vs_rows(runs, covered, f"share of {kind}s with at least one selected row", "share covered", png)
         pngs.append(png)
-        blocks += [("h", 3, f"{kind}s"), ("img", png.name, f"coverage of {kind}s"), ("table", *value_table(runs, covered))]
+        blocks += [
+            ("h", 3, f"{kind}s"),
+            ("img", png.name, f"coverage of {kind}s"),
+            ("table", *value_table(runs, covered)),
+        ]
         if kind == "source":  # a few sources: show each one's share in the last round
             names = sorted({label for t in last_tables.values() for label in t})
-            rows = [[run] + [f"{t.get(n, (0, 0))[0]} / {t.get(n, (0, 0))[1]}" for n in names] for run, t in last_tables.items()]
+            rows = [
+                [run] + [f"{t.get(n, (0, 0))[0]} / {t.get(n, (0, 0))[1]}" for n in names]
+                for run, t in last_tables.items()
+            ]
             blocks += [("p", "Selected rows per source in each run's last round (selected / in the pool)."),
                        ("table", ["run", *names], rows)]
     return blocks
@@ -59,16 +66,31 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     blocks: list[tuple] = [("h", 1, "Data selection report")]
 
     blocks.append(("h", 2, "Runs"))
-    blocks.append(("table", ["run", "folder", "selector", "seed", "rounds", "rows (last round)", "status"], [
-        [r.label, str(r.path), r.selector, fmt(r.seed), str(len(r.rounds)), fmt(r.rows[r.rounds[-1]] if r.rounds else None),
-         r.unfinished or "finished"]
-        for r in runs
-    ]))
+    blocks.append(
+        (
+            "table",
+            ["run", "folder", "selector", "seed", "rounds", "rows (last round)", "status"],
+            [
+                [
+                    r.label,
+                    str(r.path),
+                    r.selector,
+                    fmt(r.seed),
+                    str(len(r.rounds)),
+                    fmt(r.rows[r.rounds[-1]] if r.rounds else None),
+                    r.unfinished or "finished",
+                ]
+                for r in runs
+            ],
+        )
+    )
     for r in runs:
         if r.unfinished:
             blocks.append(("p", f"{r.label} ({r.path}) is {r.unfinished}: this report shows only its trained rounds."))
 
-    metric_names = sorted({m for r in runs for ms in r.metrics.values() for m in ms}, key=lambda m: (m != "train_loss", m))
+    metric_names = sorted(
+        {m for r in runs for ms in r.metrics.values() for m in ms}, key=lambda m: (m != "train_loss", m)
+    )
     blocks.append(("h", 2, "Metrics by training rows"))
     if not metric_names:
         blocks.append(("p", "No metrics yet (no summary train loss and no round_K/eval.json)."))
@@ -105,9 +127,16 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
         png = out_dir / f"embedding_map_{safe_name(run.label)}.png"
         info = plot_embedding_map(run, png)
         pngs.append(png)
-        blocks += [("h", 3, run.label), ("p", f"Pool of {info['pool_rows']} rows embedded after round {info['round']}; "
-                   f"{info['selected']} selected rows (round {info['manifest_round']}'s manifest) coloured by the round they entered."),
-                   ("img", png.name, f"embedding map {run.label}")]
+        blocks += [
+            ("h", 3, run.label),
+            (
+                "p",
+                f"Pool of {info['pool_rows']} rows embedded after round {info['round']}; "
+                f"{info['selected']} selected rows (round {info['manifest_round']}'s manifest) coloured by the round"
+                " they entered.",
+            ),
+            ("img", png.name, f"embedding map {run.label}"),
+        ]
 
     blocks.append(("h", 2, "Time per stage (seconds)"))
     for run in runs:
@@ -117,8 +146,16 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
         plot_timings(run, png)
         pngs.append(png)
         stages = [s for s in (*STAGES, "round_s") if any(s in t for t in run.timings.values())]
-        rows = [[str(k), str(run.rows[k])] + [fmt(run.timings[k].get(s)) for s in stages] for k in run.rounds if k in run.timings]
-        blocks += [("h", 3, run.label), ("img", png.name, f"timings {run.label}"), ("table", ["round", "rows", *stages], rows)]
+        rows = [
+            [str(k), str(run.rows[k])] + [fmt(run.timings[k].get(s)) for s in stages]
+            for k in run.rounds
+            if k in run.timings
+        ]
+        blocks += [
+            ("h", 3, run.label),
+            ("img", png.name, f"timings {run.label}"),
+            ("table", ["round", "rows", *stages], rows),
+        ]
 
     md, page = out_dir / "report.md", out_dir / "report.html"
     write_page(md, to_markdown(blocks))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def _as_float_matrix(emb) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float64)
     if emb.ndim != 2:

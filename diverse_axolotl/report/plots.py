@@ -40,7 +40,9 @@ def by_selector(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def group_series(runs: list[Run], values: dict[str, dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+def group_series(
+    runs: list[Run], values: dict[str, dict[int, float]]
+) -> tuple[list[int], list[float], list[float], list[float]]:
     """x (training rows) and mean, min, max over the runs that have a value there; `values`: run label -> round -> v."""
     at: dict[int, list[float]] = {}
     for run in runs:
@@ -74,6 +76,7 @@ def plot_vs_rows(runs: list[Run], values: dict[str, dict[int, float]], title: st
 
 
 def plot_embedding_map(run: Run, path: Path) -> dict[str, Any]:
+    assert run.map_round is not None, "the report draws maps only for runs with embeddings"
     emb = np.asarray(load_embeddings(run, run.map_round), dtype=np.float64)
     xy = pca_2d(emb)
     last = max(k for k in run.rounds if k in run.manifests) if run.manifests else None

@@ -38,7 +38,9 @@ def value_table(runs: list[Run], values: dict[str, dict[int, float]]) -> tuple[l
             cells.append(fmt(values[run.label][ks[0]]) if ks else "-")
         for members in several.values():
             gx, mean, lo, hi = group_series(members, values)
-            cells.append(f"{fmt(mean[gx.index(x)])} [{fmt(lo[gx.index(x)])}, {fmt(hi[gx.index(x)])}]" if x in gx else "-")
+            cells.append(
+                f"{fmt(mean[gx.index(x)])} [{fmt(lo[gx.index(x)])}, {fmt(hi[gx.index(x)])}]" if x in gx else "-"
+            )
         table.append(cells)
     return headers, table
 
@@ -75,11 +77,14 @@ def to_html(blocks: list[tuple], title: str) -> str:
             body.append(f'<img src="{html.escape(block[1])}" alt="{html.escape(block[2])}">')
         elif kind == "table":
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
     style = (
         "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0 1.5em}"
     )
     return (

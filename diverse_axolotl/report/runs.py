@@ -80,7 +80,9 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{path} is not a run folder (no summary.json and no round_K folders)")
     info = _read_json(paths.run_info) if paths.run_info.is_file() else {}
     selection = (info.get("recipe") or {}).get("selection") or {}
-    run = Run(path=path, selector=str((selection.get("selector") or {}).get("name", "unknown")), seed=selection.get("seed"))
+    run = Run(
+        path=path, selector=str((selection.get("selector") or {}).get("name", "unknown")), seed=selection.get("seed")
+    )
     by_round = {int(row["round"]): row for row in summary if isinstance(row, dict) and "round" in row}
     for k in rounds:  # a run still going (or stopped) has no summary yet: its rounds' done.json
         if k not in by_round and paths.done(k).is_file():
@@ -122,7 +124,9 @@ def _unfinished(path: Path, selection: dict, trained: list[int], summary: list) 
     if summary and (total is None or len(trained) >= total):
         return None
     done = f"rounds {', '.join(map(str, trained))} trained" if trained else "no round trained yet"
-    return f"unfinished: {done}" + (f" of {total} (0..{planned})" if total is not None else "") + "; no summary.json yet"
+    return (
+        f"unfinished: {done}" + (f" of {total} (0..{planned})" if total is not None else "") + "; no summary.json yet"
+    )
 
 
 LABEL_KINDS = ("source", "template")
@@ -172,5 +176,5 @@ def _add_diversity(run: Run) -> None:
 
 def label_runs(runs: list[Run]) -> None:
     labels = [f"{r.selector} seed {r.seed}" if r.seed is not None else r.selector for r in runs]
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, labels, strict=True):
         run.label = label if labels.count(label) == 1 else f"{label} ({run.path.name})"

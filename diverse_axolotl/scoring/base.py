@@ -24,7 +24,9 @@ class Scorer:
     def check_ready(self, recipe) -> None:
         """Fail at `validate` time when something the scorer needs is missing (files, models)."""
 
-    def score(self, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring") -> np.ndarray:
+    def score(
+        self, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring"
+    ) -> np.ndarray:
         raise NotImplementedError
 
 
