@@ -285,7 +285,7 @@ def select_pool(
                 timings["score_s"] = time.perf_counter() - t
     del model
     t = time.perf_counter()
-    picks = selector.select(emb if selector.needs_embeddings else len(pool.rows), k, scores=scores, seed=seed)
+    picks = selector.select(emb if selector.needs_embeddings else None, k, scores=scores, seed=seed, n_rows=len(pool.rows))
     timings["select_s"] = time.perf_counter() - t
     manifest = {
         "selector": {"name": selector.name, "params": selector.params.model_dump(mode="json")},

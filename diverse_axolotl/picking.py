@@ -42,7 +42,7 @@ class RoundPicker:
             self.seed_from_base()
             return
         rows, file_rows = self.stages.rows, self.stages.file_rows
-        picks = get_selector("random").select(len(rows), self.sel.seed_size, seed=self.sel.seed)
+        picks = get_selector("random").select(None, self.sel.seed_size, seed=self.sel.seed, n_rows=len(rows))
         info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash,
                 "file_rows": [file_rows[i] for i in picks]}
         write_round_files(self.paths, 0, rows, picks, np.zeros(len(picks), dtype=np.int64), info)
@@ -62,7 +62,7 @@ class RoundPicker:
         timings = {}
         t = time.perf_counter()
         with all_cpu_threads():
-            emb = st.embed(0, model, base=True) if sel.needs_embeddings else n
+            emb = st.embed(0, model, base=True) if sel.needs_embeddings else None
             timings["embed_s"] = time.perf_counter() - t
             t = time.perf_counter()
             scores = st.score(0, model, np.arange(n), base=True) if wants_scores else None
@@ -86,10 +86,12 @@ class RoundPicker:
 
     def _select(self, emb, budget: int, selected: np.ndarray, scores, seed: int, state):
         """(picks, new state): a selector that keeps state between rounds (`select_with_state`) gets the previous
-        round's and returns its next; any other selector is called plainly and returns no state."""
+        round's and returns its next; any other selector is called plainly and returns no state. `emb` is None
+        for a selector that needs no embeddings: it gets the pool size instead."""
         with_state = getattr(self.selector, "select_with_state", None)
         if with_state is None:
-            return self.selector.select(emb, budget, already_selected=selected, scores=scores, seed=seed), None
+            n_rows = len(self.stages.rows) if emb is None else None
+            return self.selector.select(emb, budget, already_selected=selected, scores=scores, seed=seed, n_rows=n_rows), None
         return with_state(emb, budget, already_selected=selected, scores=scores, seed=seed, state=state)
 
     def select_next(self, k: int) -> dict[str, float]:
@@ -101,7 +103,7 @@ class RoundPicker:
         model = st.model(k) if need_model and not st.stage_outputs_exist(k) else None
         t = time.perf_counter()
         with all_cpu_threads():
-            emb = st.embed(k, model) if self.selector.needs_embeddings else len(st.rows)
+            emb = st.embed(k, model) if self.selector.needs_embeddings else None
             timings["embed_s"] = time.perf_counter() - t
             t = time.perf_counter()
             scores = st.score(k, model, selected)

@@ -126,16 +126,16 @@ def test_logit_uncertainty_ranks_the_issue_example_as_diverseevol_does():
     assert (margin_a, margin_b) == pytest.approx((0.1, 7.0), rel=1e-5)
     # lower is more uncertain: least confidence takes the second row, margin the first
     scores = np.array([max_a, max_b])
-    assert get_selector("least_confidence").select(2, 1, scores=scores).tolist() == [1]
-    assert get_selector("margin").select(2, 1, scores=np.array([margin_a, margin_b])).tolist() == [0]
+    assert get_selector("least_confidence").select(None, 1, scores=scores, n_rows=2).tolist() == [1]
+    assert get_selector("margin").select(None, 1, scores=np.array([margin_a, margin_b]), n_rows=2).tolist() == [0]
 
 
 def test_uncertainty_selectors_take_the_lowest_logit_scores_and_prob_variants_the_highest():
     scores = np.array([3.0, 1.0, 2.0, 0.5, 5.0])
-    assert get_selector("least_confidence").select(5, 2, scores=scores, already_selected=[3]).tolist() == [1, 2]
-    assert get_selector("margin").select(5, 2, scores=scores).tolist() == [3, 1]
-    assert get_selector("least_confidence_prob").select(5, 2, scores=scores).tolist() == [4, 0]
-    assert get_selector("margin_prob").select(5, 2, scores=scores).tolist() == [4, 0]
+    assert get_selector("least_confidence").select(None, 2, scores=scores, already_selected=[3], n_rows=5).tolist() == [1, 2]
+    assert get_selector("margin").select(None, 2, scores=scores, n_rows=5).tolist() == [3, 1]
+    assert get_selector("least_confidence_prob").select(None, 2, scores=scores, n_rows=5).tolist() == [4, 0]
+    assert get_selector("margin_prob").select(None, 2, scores=scores, n_rows=5).tolist() == [4, 0]
 
 
 @pytest.fixture(scope="module")

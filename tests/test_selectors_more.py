@@ -293,12 +293,14 @@ def test_qdit_alpha_one_is_top_quality():
 
 # -- full -----------------------------------------------------------------------------------------------------
 def test_full_returns_all_the_rest():
-    np.testing.assert_array_equal(get_selector("full").select(10, 7, already_selected=[2, 5, 8]), [0, 1, 3, 4, 6, 7, 9])
+    np.testing.assert_array_equal(get_selector("full").select(None, 7, already_selected=[2, 5, 8], n_rows=10), [0, 1, 3, 4, 6, 7, 9])
     np.testing.assert_array_equal(get_selector("full").select(gaussian(5, 2), 5), np.arange(5))
+    with pytest.raises(TypeError, match="n_rows"):  # the pool size is its own argument, never the embeddings
+        get_selector("full").select(10, 10)
     with pytest.raises(UserError, match="every remaining row"):
-        get_selector("full").select(10, 3, already_selected=[2])
+        get_selector("full").select(None, 3, already_selected=[2], n_rows=10)
     with pytest.raises(UserError):
-        get_selector("full").select(10, 0)
+        get_selector("full").select(None, 0, n_rows=10)
 
 
 # -- every registered selector --------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ possibly many times, for `budget` new row ids given the rows already chosen:
 
     picks = selector.select(embeddings, budget, already_selected=(), scores=None, seed=0)
 
+`embeddings` is always an (N, d) array, scikit-learn style. A selector that needs none (`needs_embeddings`
+False: random, full, the uncertainty baselines) reads only its length, and may instead be given `None` with the
+pool size as `n_rows`; `_select` then sees an (N, 0) array, so every selector gets the pool size as `len()`.
+
 `select` validates the arrays and hands clean inputs to `_select`, which subclasses implement as a pure function
 of its arguments (no hidden state, so the same inputs and seed always give the same picks). After a call,
 `selector.last_info` holds what that call wants recorded (e.g. the k-means objective under "kmeans"; `{}` when
@@ -40,7 +44,19 @@ class Selector:
     needs_embeddings: ClassVar[bool] = True
 
     def __init__(self, **params):
-        self.params = parse_params(self.name, self.Params, params)
+        self._configure(parse_params(self.name, self.Params, params))
+
+    @classmethod
+    def from_params(cls, params: BaseModel) -> "Selector":
+        """A selector from parameters already validated (a recipe's resolved `Params`), without validating again."""
+        if not isinstance(params, cls.Params):
+            raise TypeError(f"selector '{cls.name}' takes {cls.Params.__name__}, got {type(params).__name__}")
+        self = cls.__new__(cls)
+        self._configure(params)
+        return self
+
+    def _configure(self, params: BaseModel) -> None:
+        self.params = params
         self.last_info: dict = {}  # diagnostics of the latest `select` call, for the round's manifest
 
     def __repr__(self) -> str:
@@ -54,10 +70,12 @@ class Selector:
         already_selected: Sequence[int] = (),
         scores=None,
         seed: int = 0,
+        n_rows: Optional[int] = None,
     ) -> np.ndarray:
-        """Row ids of `budget` new rows, in pick order, none of them in `already_selected`."""
-        emb = check_embeddings(embeddings) if self.needs_embeddings else None
-        n = len(emb) if emb is not None else _length_of(embeddings)
+        """Row ids of `budget` new rows, in pick order, none of them in `already_selected`. `n_rows`: the pool
+        size, for a selector that needs no embeddings when `embeddings` is None."""
+        emb = self._inputs(embeddings, n_rows)
+        n = len(emb)
         chosen = check_already_selected(already_selected, n)
         budget = check_budget(budget, n - len(chosen), self.name)
         if self.scores == "required" and scores is None:
@@ -66,35 +84,49 @@ class Selector:
         self.last_info = {}
         if budget == 0:
             return np.empty(0, dtype=np.int64)
-        picks = np.asarray(self._select(emb if emb is not None else embeddings, budget, chosen, score_arr, int(seed)), dtype=np.int64)
+        picks = np.asarray(self._select(emb, budget, chosen, score_arr, int(seed)), dtype=np.int64)
         _assert_valid_picks(picks, budget, chosen, n, self.name)
         return picks
+
+    def _inputs(self, embeddings, n_rows: Optional[int]) -> np.ndarray:
+        """The checked embeddings; for a selector that needs none, an (N, 0) array of the pool's length."""
+        if isinstance(embeddings, (bool, int, np.integer)):
+            raise TypeError(f"selector '{self.name}': embeddings must be an array; pass the pool size as n_rows=")
+        if self.needs_embeddings:
+            if embeddings is None:
+                raise UserError(f"selector '{self.name}' needs embeddings")
+            emb = check_embeddings(embeddings)
+        else:
+            if embeddings is None and n_rows is None:
+                raise TypeError(f"selector '{self.name}': give embeddings (any array, one row per pool row) or n_rows")
+            emb = np.empty((len(embeddings) if embeddings is not None else int(n_rows), 0), dtype=np.float32)
+        if n_rows is not None and n_rows != len(emb):
+            raise UserError(f"selector '{self.name}': {len(emb)} rows of embeddings, but the pool has {n_rows} rows")
+        return emb
 
     def _select(self, embeddings, budget: int, already_selected: np.ndarray, scores, seed: int) -> np.ndarray:
         raise NotImplementedError
 
 
 def parse_params(name: str, model: type[BaseModel], params: dict) -> BaseModel:
-    """Validate selector parameters; one line naming the bad key and the valid ones."""
+    """Validate selector (or scorer) parameters. Every problem at once, one line each: unknown keys with a
+    did-you-mean and the valid ones, then each bad value."""
     valid = sorted(model.model_fields)
-    for key in params:
-        if key not in model.model_fields:
-            hint = did_you_mean(key, valid)
-            raise UserError(
-                f"selector '{name}' has no parameter '{key}'{hint}; valid parameters: {', '.join(valid) or 'none'}"
-            )
+    lines = [
+        f"selector '{name}' has no parameter '{key}'{did_you_mean(key, valid)}; valid parameters: {', '.join(valid) or 'none'}"
+        for key in params
+        if key not in model.model_fields
+    ]
+    known = {key: value for key, value in params.items() if key in model.model_fields}
     try:
-        return model(**params)
+        validated = model(**known)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"selector '{name}' parameter '{where}': {err['msg']} (got {err.get('input')!r})") from None
-
-
-def _length_of(embeddings) -> int:
-    if isinstance(embeddings, (int, np.integer)):
-        return int(embeddings)
-    return len(embeddings)
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"selector '{name}' parameter '{where}': {err['msg']} (got {err.get('input')!r})")
+    if lines:
+        raise UserError("\n".join(lines))
+    return validated
 
 
 def check_embeddings(embeddings) -> np.ndarray:
