@@ -7,24 +7,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
+from ..run_paths import RunPaths
 from .metrics import diversity
-
-if TYPE_CHECKING:
-    from ..loop import RunPaths
 
 STAGES = ("train_s", "embed_s", "score_s", "select_s", "eval_s")
 
 
 def run_paths(root: Path) -> RunPaths:
-    """The loop's own layout of a run folder (imported on use: importing the loop imports torch, and the report
-    and the benchmark's plots should not pay for it)."""
-    from ..loop import RunPaths
-
+    """The loop's own layout of a run folder."""
     return RunPaths(Path(root))
 
 
