@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
 from .data import clean_pool, write_json
+from .environment import versions
 from .errors import UserError
 from .faults import FAILPOINT_ENV, PAUSE_ENV, PAUSE_MARKER_ENV, failpoint, pause_point  # noqa: F401  (re-exported)
 from .picking import RoundPicker
@@ -36,7 +34,6 @@ from .run_paths import (  # noqa: F401  (re-exported: tests and the report impor
     save_selector_state,
     write_round_files,
 )
-from .selection import get_selector
 from .stages import RoundStages
 
 
@@ -53,24 +50,15 @@ def check_clusters(recipe: Recipe, n_rows: int) -> None:
     """An explicit `n_clusters` of at least the pool's size makes every row its own cluster: the cluster-based
     selectors would then pick rows in file order, not by diversity. (Left at its default, n_clusters is capped
     at the pool size, as each selector documents.)"""
-    params = recipe.selection.selector.params
-    k = params.get("n_clusters")
-    if isinstance(k, int) and not params.get("k_candidates") and k >= n_rows:
+    params = recipe.selection.selector.validated
+    written = params.model_fields_set
+    k = getattr(params, "n_clusters", None) if "n_clusters" in written else None
+    if isinstance(k, int) and not getattr(params, "k_candidates", None) and k >= n_rows:
         raise UserError(
             f"{recipe.path}: selection.selector.n_clusters is {k}, but the pool has only {n_rows} rows: every row would"
             f" be its own cluster and '{recipe.selection.selector.name}' would pick rows in file order; use fewer"
             " clusters than rows"
         )
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "diverse-axolotl": __version__}
-    for pkg in ("torch", "transformers", "peft", "axolotl", "trl", "numpy", "faiss-cpu", "lm_eval"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _model_config_hash(base_model: str) -> str | None:
@@ -86,7 +74,7 @@ class Loop:
         self.sel = recipe.selection
         self.paths = RunPaths(recipe.output_dir)
         self.log = log
-        self.selector = get_selector(self.sel.selector.name, **self.sel.selector.params)
+        self.selector = self.sel.selector.build()
         pool = self.sel.pool
         raw = load_pool(pool.path, pool.format, pool.limit, pool.data_files, pool.split)
         self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
@@ -151,8 +139,8 @@ class Loop:
                     "pool_sha256": recipe.pool_sha256,
                     "pool": self.pool_stats,
                     **({"heldout": self.heldout.record()} if self.heldout is not None else {}),
-                    "base_model_config_sha256": _model_config_hash(str(recipe.axolotl["base_model"])),
-                    "versions": _versions(),
+                    "base_model_config_sha256": _model_config_hash(recipe.base_model),
+                    "versions": versions(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
@@ -205,7 +193,7 @@ class Loop:
             try:
                 validate_axolotl(cfg, tmp / "axolotl.yaml")
             except UserError as exc:
-                raise UserError(f"{self.recipe.path}: {exc}") from None
+                raise UserError("\n".join(f"{self.recipe.path}: {line}" for line in str(exc).splitlines())) from None
 
     # -- driver ---------------------------------------------------------------------------------------------
     def missing_artefacts(self, k: int) -> list[str]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .errors import UserError, did_you_mean
+from .errors import UserError, _model_at, did_you_mean
 from .evaluation.spec import EvalSpec
+from .recipe_checks import check_output_dir, check_recipe
+from .recipe_yaml import read_yaml
 
 #: Keys the loop writes into the Axolotl config itself; a recipe setting them would be silently overridden.
 LOOP_OWNED_AXOLOTL_KEYS = ("datasets", "dataset_prepared_path", "lora_model_dir")
@@ -72,24 +72,64 @@ class PoolSpec(Strict):
         return self
 
 
-class SelectorSpec(BaseModel):
-    """`{name: kcenter, <param>: <value>, ...}`: the parameters sit beside the name."""
+class ComponentSpec(BaseModel):
+    """A selector or scorer block, `{name: kcenter, <param>: <value>, ...}`: the parameters sit beside the name.
+
+    Resolved once, when the recipe loads (`SelectionSpec`'s validators): the class is looked up in its registry
+    and the parameters validated into its `Params` model. That model is what the loop builds the selector or
+    scorer from (`build`), what the recipe hash covers and what run.json records (`filled`)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
+    _component: Any = PrivateAttr(None)
+    _validated: Optional[BaseModel] = PrivateAttr(None)
 
     @property
     def params(self) -> dict[str, Any]:
+        """The parameters as written in the recipe."""
         return dict(self.model_extra or {})
 
+    def resolve(self, kind: str) -> "ComponentSpec":
+        """Look the class up ("selector" or "scorer") and validate the parameters; UserError when either fails."""
+        if kind == "selector":
+            from .selection import selector_class as lookup
+        else:
+            from .scoring import SCORERS
 
-class ScorerSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
+            lookup = SCORERS.get
+        cls = lookup(self.name)
+        from .selection.base import parse_params
+
+        label = self.name if kind == "selector" else f"scorer {self.name}"
+        self._component, self._validated = cls, parse_params(label, cls.Params, self.params)
+        return self
 
     @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+    def component(self) -> Any:
+        """The selector or scorer class the name stands for."""
+        if self._component is None:
+            raise RuntimeError(f"'{self.name}' was never resolved (recipes resolve their blocks when they load)")
+        return self._component
+
+    @property
+    def validated(self) -> BaseModel:
+        self.component  # noqa: B018  (resolved, or a clear error)
+        return self._validated
+
+    def build(self) -> Any:
+        """A fresh selector or scorer from the validated parameters (each run gets its own: they hold last_info)."""
+        from_params = getattr(self.component, "from_params", None)
+        if from_params is not None:
+            return from_params(self.validated)
+        return self.component(**self.validated.model_dump())
+
+    def filled(self) -> dict[str, Any]:
+        """`{name, every parameter}` with defaults filled in: writing a default out is the same run."""
+        return {"name": self.name, **self.validated.model_dump(mode="json")}
+
+
+#: Earlier names of ComponentSpec (the two blocks were identical classes).
+SelectorSpec = ScorerSpec = ComponentSpec
 
 
 class EmbeddingSpec(Strict):
@@ -105,8 +145,8 @@ class EmbeddingSpec(Strict):
 
 class SelectionSpec(Strict):
     pool: PoolSpec
-    selector: SelectorSpec
-    scorer: Optional[ScorerSpec] = None
+    selector: ComponentSpec
+    scorer: Optional[ComponentSpec] = None
     seed_size: int = Field(gt=0, description="round 0 trains on this many rows (chosen as `round0` says)")
     round0: Literal["random", "base"] = Field(
         "random",
@@ -118,6 +158,17 @@ class SelectionSpec(Strict):
     retrain_from_base: bool = Field(True, description="DiverseEvol: train each round from the base model")
     embedding: EmbeddingSpec = EmbeddingSpec()
     seed: int = 0
+
+    @field_validator("selector", "scorer")
+    @classmethod
+    def _resolve(cls, spec, info):
+        """Every problem of the block on its own line, each naming the block."""
+        if spec is None:
+            return spec
+        try:
+            return spec.resolve(info.field_name)
+        except UserError as exc:
+            raise ValueError("\n".join(f"selection.{info.field_name}: {line}" for line in str(exc).splitlines())) from None
 
     @property
     def total_rows(self) -> int:
@@ -146,7 +197,24 @@ class Recipe(BaseModel):
     def _base_model_present(self):
         if "base_model" not in self.axolotl:
             raise ValueError("missing required key 'base_model' (an Axolotl key: the model folder to finetune)")
+        if self.axolotl.get("trust_remote_code") not in (None, False, True):
+            raise ValueError("trust_remote_code must be true or false")
         return self
+
+    # The Axolotl keys our own code needs before Axolotl has normalised the config (loading the tokenizer and the
+    # round's model, checking the folders): read here only. What Axolotl decides (sequence_len and its defaults)
+    # comes from Axolotl's normalised config of each round (`training.train_round`).
+    @property
+    def base_model(self) -> str:
+        return str(self.axolotl["base_model"])
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.axolotl.get("trust_remote_code") is True
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return Path(self.axolotl.get("tokenizer_config") or self.base_model)
 
     @functools.cached_property
     def pool_sha256(self) -> str | None:
@@ -167,9 +235,9 @@ class Recipe(BaseModel):
         for key in AXOLOTL_POOL_KEYS:  # unset ones leave the hash as it was; data_files are in pool_sha256
             if key == "data_files" or selection["pool"].get(key) is None:
                 selection["pool"].pop(key, None)
-        selection["selector"] = filled_params("selector", self.selection.selector)
+        selection["selector"] = self.selection.selector.filled()
         if self.selection.scorer is not None:
-            selection["scorer"] = filled_params("scorer", self.selection.scorer)
+            selection["scorer"] = self.selection.scorer.filled()
         for key in ("cache", "cache_dir"):  # where embeddings are cached does not change any result
             selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}
@@ -178,28 +246,16 @@ class Recipe(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved(self) -> dict[str, Any]:
-        """The recipe as the run sees it, with absolute paths: printed by `validate`, saved in the run folder."""
-        out = {
-            **self.axolotl,
-            "output_dir": str(self.output_dir),
-            "selection": self.selection.model_dump(mode="json", exclude_none=True),
-        }
+        """The recipe as the run sees it, with absolute paths and the selector's and scorer's every parameter
+        (defaults filled in, as hashed): printed by `validate`, saved in the run folder."""
+        selection = self.selection.model_dump(mode="json", exclude_none=True)
+        selection["selector"] = self.selection.selector.filled()
+        if self.selection.scorer is not None:
+            selection["scorer"] = self.selection.scorer.filled()
+        out = {**self.axolotl, "output_dir": str(self.output_dir), "selection": selection}
         if self.eval is not None:
             out["eval"] = self.eval.model_dump(mode="json", exclude_none=True)
         return out
-
-
-def filled_params(kind: str, spec) -> dict[str, Any]:
-    """`{name, every parameter}` of a selector or scorer block after validation, defaults filled in."""
-    if kind == "selector":
-        from .selection import get_selector
-
-        params = get_selector(spec.name, **spec.params).params
-    else:
-        from .scoring import get_scorer
-
-        params = get_scorer(spec.name, **spec.params).params
-    return {"name": spec.name, **params.model_dump(mode="json")}
 
 
 def _resolve(base: Path, value) -> Path:
@@ -212,82 +268,24 @@ def _looks_like_local_path(value: str, base: Path) -> bool:
     return value.startswith((".", "/", "~")) or (base / value).exists()
 
 
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A key written twice in one YAML mapping."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping: plain YAML keeps the last one silently, so a
-    second `selection:` block would replace the first and `learning_rate` would take whichever came last."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are meant to be overridden
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    if key in seen:
-                        raise DuplicateKeyError(
-                            None, None, f"duplicate key '{key}' (first on line {seen[key]}; YAML would silently keep"
-                            " only the last one)", key_node.start_mark
-                        )
-                    seen[key] = key_node.start_mark.line + 1
-                except TypeError:  # an unhashable key: SafeLoader reports it
-                    continue
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse YAML safely, refusing duplicate keys at any depth; errors name the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read recipe ({exc})") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        if isinstance(exc, DuplicateKeyError):
-            raise UserError(f"{path}{where}: {problem}") from None
-        raise UserError(f"{path}{where}: not valid YAML ({problem})") from None
-
-
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    where = ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        valid = sorted(model.model_fields) if model else []
-        hint = did_you_mean(loc[-1], valid)
-        return f"{path}: unknown key '{where}'{hint}; valid keys there: {', '.join(valid)}"
-    if err["type"] == "missing":
-        return f"{path}: missing required key '{where}'"
-    if err["type"] == "value_error":
-        return f"{path}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{path}: key '{where}': {err['msg']} (got {err.get('input')!r})"
-
-
-def _model_at(loc: list[str]):
-    model: Any = Recipe
-    for key in loc:
-        field = model.model_fields.get(key)
-        if field is None:
-            return None
-        ann = field.annotation
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
-                break
+    """Every problem of the recipe at once, one line each, naming the file and the key."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(Recipe, loc[:-1])
+            valid = sorted(model.model_fields) if model else []
+            hint = did_you_mean(loc[-1], valid)
+            lines.append(f"{path}: unknown key '{where}'{hint}; valid keys there: {', '.join(valid)}")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: missing required key '{where}'")
+        elif err["type"] == "value_error":
+            lines += [f"{path}: {line}" for line in err["msg"].removeprefix("Value error, ").splitlines()]
         else:
-            return None
-    return model
+            lines.append(f"{path}: key '{where}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -314,10 +312,12 @@ def load_recipe(path: str | Path) -> Recipe:
         try:
             eval_block = EvalSpec(**eval_block) if isinstance(eval_block, dict) else EvalSpec.model_validate(eval_block)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            hint = did_you_mean(err["loc"][-1], EvalSpec.model_fields) if err["type"] == "extra_forbidden" else ""
-            raise UserError(f"{path}: eval.{where}: {err['msg'].removeprefix('Value error, ')}{hint}") from None
+            lines = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"])
+                hint = did_you_mean(err["loc"][-1], EvalSpec.model_fields) if err["type"] == "extra_forbidden" else ""
+                lines.append(f"{path}: eval.{where}: {err['msg'].removeprefix('Value error, ')}{hint}")
+            raise UserError("\n".join(lines)) from None
     if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:
         selection["pool"] = {**selection["pool"], "path": _resolve(base, selection["pool"]["path"])}
         files = selection["pool"].get("data_files")
@@ -342,78 +342,3 @@ def load_recipe(path: str | Path) -> Recipe:
     check_recipe(recipe)
     check_output_dir(recipe)
     return recipe
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Checks that need more than types: the selector exists and takes these params, files exist."""
-    from .selection import get_selector
-
-    sel = recipe.selection
-    try:
-        selector = get_selector(sel.selector.name, **sel.selector.params)
-    except UserError as exc:
-        raise UserError(f"{recipe.path}: selection.selector: {exc}") from None
-    if sel.scorer is None and selector.scores == "required" and selector.default_scorer is None:
-        raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' needs scores; name a scorer")
-    if sel.scorer is not None:
-        from .scoring import get_scorer
-
-        try:
-            get_scorer(sel.scorer.name, **sel.scorer.params).check_ready(recipe)
-        except UserError as exc:
-            raise UserError(f"{recipe.path}: selection.scorer: {exc}") from None
-        if selector.scores == "none":
-            raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' does not use scores; remove the scorer")
-    from .pools import pool_sources
-
-    try:
-        pool_sources(sel.pool.path, sel.pool.data_files)
-    except UserError as exc:
-        raise UserError(f"{recipe.path}: selection.pool.path: {exc}") from None
-    base_model = recipe.axolotl["base_model"]
-    if not Path(str(base_model)).is_absolute():  # not resolved by load_recipe: no such folder next to the recipe
-        raise UserError(
-            f"{recipe.path}: base_model: no local model folder '{base_model}' (looked in {recipe.path.parent});"
-            " models are never downloaded: set base_model to a folder holding config.json and the tokenizer"
-            " (for the demo model run `diverse-axolotl prepare-model`)"
-        )
-    if str(base_model).startswith("/"):
-        folder = Path(base_model)
-        if not folder.is_dir():
-            raise UserError(
-                f"{recipe.path}: base_model: no such model folder {base_model}"
-                " (for the demo model run `diverse-axolotl prepare-model`)"
-            )
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{recipe.path}: base_model: {folder} has no config.json (not a Hugging Face model folder)")
-        tokenizer_dir = Path(recipe.axolotl.get("tokenizer_config") or folder)
-        if not any((tokenizer_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-            raise UserError(f"{recipe.path}: base_model: {tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
-    if recipe.axolotl.get("trust_remote_code") not in (None, False) and recipe.axolotl["trust_remote_code"] is not True:
-        raise UserError(f"{recipe.path}: trust_remote_code must be true or false")
-
-
-def check_output_dir(recipe: Recipe) -> None:
-    """The run folder can be made and written, and holds none of the run's inputs: `--force` clears a run
-    folder, so one that is (or lies above) the recipe, the pool or the model would put them at risk."""
-    out = recipe.output_dir
-    where = f"{recipe.path}: output_dir {out}"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{where} is a file, not a folder")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"{where} lies under {existing}, which is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is read-only" if existing == out else f"cannot be created: {existing} is read-only"
-        raise UserError(f"{where} {what}")
-    inputs = {"the recipe": recipe.path, "the pool": recipe.selection.pool.path}
-    if Path(str(recipe.axolotl["base_model"])).is_absolute():
-        inputs["the base model"] = Path(str(recipe.axolotl["base_model"]))
-    if recipe.selection.embedding.cache_dir is not None:
-        inputs["the embedding cache"] = recipe.selection.embedding.cache_dir
-    for name, path in inputs.items():
-        if Path(path).resolve().is_relative_to(out):
-            raise UserError(
-                f"{where} holds {name} ({path}); a run folder must hold only what the run writes, since"
-                " --force clears it: name a folder of its own (for example output_dir: run)"
-            )

@@ -41,12 +41,12 @@ class RoundStages:
         if self._tokenizer is None:
             from .models import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.recipe.axolotl["base_model"], self.trust_remote_code, note=self.log)
+            self._tokenizer = load_tokenizer(self.recipe.base_model, self.trust_remote_code, note=self.log)
         return self._tokenizer
 
     @property
     def trust_remote_code(self) -> bool:
-        return self.recipe.axolotl.get("trust_remote_code") is True
+        return self.recipe.trust_remote_code
 
     @property
     def scorer_name(self) -> str | None:
@@ -77,15 +77,15 @@ class RoundStages:
         )
         shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
         info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2),
-                "truncated_rows": self._rows_over_sequence_len(k)}
+                "truncated_rows": self._rows_over_sequence_len(k, result.sequence_len)}
         write_json(done_marker, info)
         return info
 
-    def _rows_over_sequence_len(self, k: int) -> int:
-        """How many of the round's rows Axolotl had to truncate (prompt + answer longer than sequence_len)."""
+    def _rows_over_sequence_len(self, k: int, limit: int | None) -> int:
+        """How many of the round's rows Axolotl had to truncate (prompt + answer longer than `limit`, the
+        sequence_len of Axolotl's normalised config for the round)."""
         from .embedding import pool_texts
 
-        limit = self.recipe.axolotl.get("sequence_len")
         if not limit:
             return 0
         picks, _ = read_manifest(self.paths, k)
@@ -111,7 +111,7 @@ class RoundStages:
         self._note_dtype()
         spec = self.sel.embedding
         adapter = None if k is None else self.paths.adapter(k)
-        return load_model(self.recipe.axolotl["base_model"], adapter, spec.device, spec.dtype, self.trust_remote_code)
+        return load_model(self.recipe.base_model, adapter, spec.device, spec.dtype, self.trust_remote_code)
 
     # -- embedding ------------------------------------------------------------------------------------------
     def _cache_key(self, k: int, base: bool = False) -> str | None:
@@ -121,7 +121,7 @@ class RoundStages:
             return None
         pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
         adapter = None if base else self.paths.adapter(k)
-        return embedding_cache_key(pool, Path(self.recipe.axolotl["base_model"]), adapter, self.sel.embedding)
+        return embedding_cache_key(pool, Path(self.recipe.base_model), adapter, self.sel.embedding)
 
     @property
     def _cache_dir(self) -> Path:
@@ -172,8 +172,7 @@ class RoundStages:
         path = self.paths.base_scores() if base else self.paths.scores(k)
         if path.is_file():
             return np.load(path)
-        params = self.sel.scorer.params if self.sel.scorer else {}
-        scorer = get_scorer(name, **params)
+        scorer = self.sel.scorer.build() if self.sel.scorer else get_scorer(name)
         which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
         values = np.zeros(len(self.rows), dtype=np.float64)
         values[which] = scorer.score(model, self.tokenizer, [self.rows[i] for i in which], self.sel.pool.format,
@@ -213,11 +212,12 @@ class RoundStages:
         t = time.perf_counter()
         if not path.is_file():
             from .evaluation import evaluate_spec
+            from .training import note_log_on_error
 
             self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
-            with all_cpu_threads():
+            with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
                 evaluate_spec(
-                    spec, self.recipe.axolotl["base_model"], self.paths.adapter(k), path,
+                    spec, self.recipe.base_model, self.paths.adapter(k), path,
                     device=spec.device, dtype=spec.dtype,
                     trust_remote_code=self.trust_remote_code, own=self.heldout,
                 )

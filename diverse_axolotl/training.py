@@ -36,6 +36,7 @@ class TrainResult:
     train_loss: float | None
     steps: int
     seconds: float
+    sequence_len: int | None = None  # from Axolotl's normalised config of the round (its default when unset)
 
 
 def axolotl_config(
@@ -189,29 +190,51 @@ def check_unknown_keys(cfg: dict[str, Any]) -> None:
             )
 
 
-def _first_error_line(exc: Exception) -> str:
+def _error_lines(exc: ValueError) -> list[str]:
+    """Axolotl's complaint, one line per problem: every error of a pydantic ValidationError, else the first line."""
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        return f"key '{where}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            lines.append(f"key '{where}': {err['msg']}{got}")
+        return lines
+    return [next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)]
 
 
 def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None = None) -> Any:
-    """Axolotl's own validation and normalisation of a config; its complaint becomes one line."""
+    """Axolotl's own validation and normalisation of a config, returned (a DictDefault with Axolotl's defaults).
+
+    Its verdict on the config (a ValueError: pydantic's ValidationError or the ValueError its checks raise)
+    becomes one line per problem; any other exception is a fault, not a verdict on the recipe, and keeps its
+    traceback, with a note naming the log that holds Axolotl's output."""
+    log_file = log_file or cfg_file.with_suffix(".log")
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg_file) as tmp:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    with our_sigint(), logs_to(log_file or cfg_file.with_suffix(".log"), python_streams=False):
+    with our_sigint(), logs_to(log_file, python_streams=False):
         load_cfg, _, _ = _import_axolotl()
     check_unknown_keys(cfg)
     try:
-        with our_sigint(), logs_to(log_file or cfg_file.with_suffix(".log")):
+        with our_sigint(), logs_to(log_file), note_log_on_error(log_file):
             return load_cfg(str(cfg_file))
-    except Exception as exc:  # Axolotl raises ValueError, pydantic errors and more
-        raise UserError(f"Axolotl rejected the recipe's Axolotl keys: {_first_error_line(exc)}") from None
+    except ValueError as exc:
+        raise UserError("\n".join(f"Axolotl rejected the recipe's Axolotl keys: {line}" for line in _error_lines(exc))) from None
+
+
+@contextlib.contextmanager
+def note_log_on_error(log_file: Path, what: str = "Axolotl's output"):
+    """Let an unexpected exception through with its traceback, plus one line naming the log to open.
+    UserError (already one line for the user) and Ctrl-C pass unchanged."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        exc.add_note(f"{what} is in {log_file}")
+        raise
 
 
 def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, description: str = "training") -> TrainResult:
@@ -226,7 +249,7 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
     start = time.perf_counter()
     log_file = round_dir / "axolotl.log"
     axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
-    with logs_to(log_file), our_sigint(), _pause_in_dataset_preparation(round_dir.name):
+    with logs_to(log_file), our_sigint(), _pause_in_dataset_preparation(round_dir.name), note_log_on_error(log_file):
         _, load_datasets, train = _import_axolotl()
         # Axolotl creates the LoRA weights before the Trainer seeds anything, from the unseeded global RNG: the
         # same recipe would train different adapters (and so select different rows). Seed everything first.
@@ -248,4 +271,5 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
         on_trained()
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
-    return TrainResult(final_dir, float(losses[-1]) if losses else None, steps, time.perf_counter() - start)
+    sequence_len = int(axo_cfg.sequence_len) if axo_cfg.get("sequence_len") else None
+    return TrainResult(final_dir, float(losses[-1]) if losses else None, steps, time.perf_counter() - start, sequence_len)

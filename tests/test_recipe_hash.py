@@ -58,3 +58,47 @@ def test_a_hub_id_as_base_model_fails_at_validate_in_one_line(tmp_path, hub_id):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert f"base_model: no local model folder '{hub_id}'" in lines[0] and "never downloaded" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "block, expected",
+    [
+        ({"selector": {"name": "kmq", "n_clusters": 8}}, "9b576d9d6dd3e900"),
+        ({"selector": {"name": "iterative_kmq"}, "scorer": {"name": "perplexity", "batch_tokens": 8192}, "round0": "base"},
+         "aadc22c2268106af"),
+    ],
+)
+def test_the_hash_of_an_existing_recipe_is_unchanged(block, expected):
+    """Hashes computed before the recipe resolved its selector and scorer blocks once (commit 815d316): the run
+    folders of earlier versions still match their recipes. (No file is read: a missing pool hashes as None.)"""
+    from pathlib import Path
+
+    from diverse_axolotl.recipe import Recipe
+
+    recipe = Recipe(
+        path=Path("/recipes/recipe.yaml"), output_dir=Path("/runs/run"),
+        axolotl={"base_model": "/models/tiny", "adapter": "lora", "sequence_len": 128},
+        selection={"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2, **block},
+    )
+    assert recipe.hash == expected
+    assert recipe.resolved()["selection"]["selector"] == recipe.selection.selector.filled()  # recorded as hashed
+
+
+def test_selector_and_scorer_blocks_are_resolved_once_into_their_params_models(tmp_path, tiny_model):
+    from diverse_axolotl.scoring import SCORERS
+    from diverse_axolotl.selection import selector_class
+
+    recipe = load_recipe(recipe_file(tmp_path, tiny_model, {"name": "iterative_kmq", "niter": 5}, {"name": "perplexity"}))
+    selector, scorer = recipe.selection.selector, recipe.selection.scorer
+    assert isinstance(selector.validated, selector_class("iterative_kmq").Params) and selector.validated.niter == 5
+    assert isinstance(scorer.validated, SCORERS.get("perplexity").Params)
+    assert selector.build().params is selector.validated  # built from the validated model, not validated again
+
+
+def test_every_problem_of_a_selector_block_is_named_at_once(tmp_path, tiny_model):
+    path = recipe_file(tmp_path, tiny_model, {"name": "kcenter", "devise": "cpu", "dtype": "int4"})
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{path}: selection.selector: ") for line in lines), lines
+    assert "no parameter 'devise'" in lines[0] and "parameter 'dtype'" in lines[1]
