@@ -76,7 +76,24 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     _dist().init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    if not torch.cuda.is_available():
+        _accelerate_multi_cpu()
     return True
+
+
+def _accelerate_multi_cpu() -> None:
+    """Make accelerate's process-wide state MULTI_CPU on our group before Axolotl creates it.
+
+    Axolotl's first `PartialState()` passes cpu=False, and accelerate then falls back to no distribution on a
+    machine without CUDA: every rank would train alone on all the rows (the Trainer's later cpu=True comes too
+    late, the state is a singleton). Created here with cpu=True, it adopts the initialised gloo group (DDP)."""
+    # Axolotl's Trainer resets that state before it builds its Accelerator, which then reads this variable
+    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    try:
+        from accelerate import PartialState
+    except ImportError:  # accelerate comes with transformers' Trainer; without it there is no training to share
+        return
+    PartialState(cpu=True)
 
 
 def destroy() -> None:
