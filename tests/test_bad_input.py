@@ -189,12 +189,22 @@ def test_axolotl_keys_are_checked_by_axolotl(tmp_path, tiny_model):
                              (("micro_batch_size", "many"), "key 'micro_batch_size'")]:
         recipe = json.loads(json.dumps(GOOD))
         recipe["base_model"] = str(tiny_model)
+        recipe["learning_rate"] = 1e-4  # Axolotl's only other complaint about GOOD: every problem is a line of its own
         _set(recipe, *change)
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml")])
         assert result.exit_code == 1
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and fragment in lines[0] and str(tmp_path / "recipe.yaml") in lines[0], result.output
+    # two problems (no learning_rate, a bad micro_batch_size): both at once, one line each, each naming the file
+    recipe = json.loads(json.dumps(GOOD))
+    recipe.update(base_model=str(tiny_model), micro_batch_size="many")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "recipe.yaml")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 2, result.output
+    assert all(str(tmp_path / "recipe.yaml") in line for line in lines), result.output
+    assert any("micro_batch_size" in line for line in lines) and any("learning_rate" in line for line in lines)
 
 
 def test_debug_shows_the_traceback(tmp_path):
