@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -39,25 +39,35 @@ AXOLOTL_POOL_KEYS = ("type", "data_files", "split", "ds_type", "field_messages",
 
 
 class PoolSpec(Strict):
-    path: LaxPath = Field(description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows; a folder (its"
-                          " data files, or a save_to_disk dataset); or a glob such as data/*.jsonl")
-    format: Literal["alpaca", "chat", "sharegpt", "completion"] = Field(
-        "alpaca", description="alpaca: instruction/input/output; chat: messages; sharegpt: conversations of"
-        " {from, value}; completion: text"
+    path: LaxPath = Field(
+        description="JSON list, JSONL (optionally .gz/.xz) or parquet file of rows; a folder (its"
+        " data files, or a save_to_disk dataset); or a glob such as data/*.jsonl"
     )
-    type: Optional[str] = Field(None, description="Axolotl's dataset type (alpaca, chat_template, completion); sets format")
-    data_files: Optional[Union[str, list[str]]] = Field(None, description="as in Axolotl: files (or globs) inside path")
-    split: Optional[str] = Field(None, description="the split of a save_to_disk DatasetDict (default: train)")
-    ds_type: Optional[str] = Field(None, description="accepted as in Axolotl; the files' suffixes decide how they are read")
-    field_messages: Optional[str] = Field(None, description="chat_template: messages (chat) or conversations (sharegpt)")
-    message_property_mappings: Optional[dict[str, str]] = Field(None, description="chat_template: {role: from, content: value} for sharegpt")
-    limit: Optional[int] = Field(None, gt=0, description="use only the first N rows of the file")
+    format: Literal["alpaca", "chat", "sharegpt", "completion"] = Field(
+        "alpaca",
+        description="alpaca: instruction/input/output; chat: messages; sharegpt: conversations of"
+        " {from, value}; completion: text",
+    )
+    type: str | None = Field(
+        None, description="Axolotl's dataset type (alpaca, chat_template, completion); sets format"
+    )
+    data_files: str | list[str] | None = Field(None, description="as in Axolotl: files (or globs) inside path")
+    split: str | None = Field(None, description="the split of a save_to_disk DatasetDict (default: train)")
+    ds_type: str | None = Field(
+        None, description="accepted as in Axolotl; the files' suffixes decide how they are read"
+    )
+    field_messages: str | None = Field(None, description="chat_template: messages (chat) or conversations (sharegpt)")
+    message_property_mappings: dict[str, str] | None = Field(
+        None, description="chat_template: {role: from, content: value} for sharegpt"
+    )
+    limit: int | None = Field(None, gt=0, description="use only the first N rows of the file")
     empty_rows: Literal["skip", "fail"] = Field("skip", description="rows with an empty instruction or answer")
     dedup: bool = Field(False, description="drop exact duplicate rows (they are always counted)")
 
     @model_validator(mode="after")
     def _format_from_axolotl_type(self):
-        """An Axolotl-style entry (`type`, `field_messages`, ...) decides the format; a contradicting `format` is refused."""
+        """An Axolotl-style entry (`type`, `field_messages`, ...) decides the format; a contradicting `format` is
+        refused."""
         if self.type is None:
             return self
         from .pools import format_from_axolotl
@@ -67,7 +77,9 @@ class PoolSpec(Strict):
         except UserError as exc:
             raise ValueError(f"selection.pool: {exc}") from None
         if "format" in self.model_fields_set and self.format != fmt:
-            raise ValueError(f"selection.pool: format {self.format} contradicts type {self.type} (which reads as {fmt}); keep one")
+            raise ValueError(
+                f"selection.pool: format {self.format} contradicts type {self.type} (which reads as {fmt}); keep one"
+            )
         self.format = fmt
         return self
 
@@ -82,22 +94,24 @@ class ComponentSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     _component: Any = PrivateAttr(None)
-    _validated: Optional[BaseModel] = PrivateAttr(None)
+    _validated: BaseModel | None = PrivateAttr(None)
 
     @property
     def params(self) -> dict[str, Any]:
         """The parameters as written in the recipe."""
         return dict(self.model_extra or {})
 
-    def resolve(self, kind: str) -> "ComponentSpec":
+    def resolve(self, kind: str) -> ComponentSpec:
         """Look the class up ("selector" or "scorer") and validate the parameters; UserError when either fails."""
+        cls: Any
         if kind == "selector":
-            from .selection import selector_class as lookup
+            from .selection import selector_class
+
+            cls = selector_class(self.name)
         else:
             from .scoring import SCORERS
 
-            lookup = SCORERS.get
-        cls = lookup(self.name)
+            cls = SCORERS.get(self.name)
         from .selection.base import parse_params
 
         label = self.name if kind == "selector" else f"scorer {self.name}"
@@ -114,6 +128,7 @@ class ComponentSpec(BaseModel):
     @property
     def validated(self) -> BaseModel:
         self.component  # noqa: B018  (resolved, or a clear error)
+        assert self._validated is not None
         return self._validated
 
     def build(self) -> Any:
@@ -137,16 +152,19 @@ class EmbeddingSpec(Strict):
     layer: int = Field(-1, description="hidden-state layer to pool (-1: the last)")
     max_length: int = Field(512, gt=0, description="tokens per row; longer rows are cut from the right")
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per batch (rows are sorted by length)")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bfloat16 on a GPU and on a CPU with native bf16 measured faster than float32, else float32")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bfloat16 on a GPU and on a CPU with native bf16 measured faster than float32, else float32",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
-    cache_dir: Optional[LaxPath] = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
+    cache_dir: LaxPath | None = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
 
 
 class SelectionSpec(Strict):
     pool: PoolSpec
     selector: ComponentSpec
-    scorer: Optional[ComponentSpec] = None
+    scorer: ComponentSpec | None = None
     seed_size: int = Field(gt=0, description="round 0 trains on this many rows (chosen as `round0` says)")
     round0: Literal["random", "base"] = Field(
         "random",
@@ -168,7 +186,9 @@ class SelectionSpec(Strict):
         try:
             return spec.resolve(info.field_name)
         except UserError as exc:
-            raise ValueError("\n".join(f"selection.{info.field_name}: {line}" for line in str(exc).splitlines())) from None
+            raise ValueError(
+                "\n".join(f"selection.{info.field_name}: {line}" for line in str(exc).splitlines())
+            ) from None
 
     @property
     def total_rows(self) -> int:
@@ -181,7 +201,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, ignored_types=(functools.cached_property,))
     path: Path
     selection: SelectionSpec
-    eval: Optional[EvalSpec] = None  # validated in load_recipe, where its errors get their own wording
+    eval: EvalSpec | None = None  # validated in load_recipe, where its errors get their own wording
     output_dir: Path
     axolotl: dict[str, Any]
 
@@ -315,7 +335,8 @@ def load_recipe(path: str | Path) -> Recipe:
             lines = []
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"])
-                hint = did_you_mean(err["loc"][-1], EvalSpec.model_fields) if err["type"] == "extra_forbidden" else ""
+                unknown = err["type"] == "extra_forbidden"
+                hint = did_you_mean(str(err["loc"][-1]), EvalSpec.model_fields) if unknown else ""
                 lines.append(f"{path}: eval.{where}: {err['msg'].removeprefix('Value error, ')}{hint}")
             raise UserError("\n".join(lines)) from None
     if isinstance(selection, dict) and isinstance(selection.get("pool"), dict) and "path" in selection["pool"]:

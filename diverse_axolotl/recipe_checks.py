@@ -24,7 +24,9 @@ def check_recipe(recipe) -> None:
         except UserError as exc:
             raise UserError(f"{recipe.path}: selection.scorer: {exc}") from None
         if selector.scores == "none":
-            raise UserError(f"{recipe.path}: selection.scorer: selector '{selector.name}' does not use scores; remove the scorer")
+            raise UserError(
+                f"{recipe.path}: selection.scorer: selector '{selector.name}' does not use scores; remove the scorer"
+            )
     from .pools import pool_sources
 
     try:
@@ -53,8 +55,13 @@ def check_model_folder(recipe) -> None:
         if not (folder / "config.json").is_file():
             raise UserError(f"{recipe.path}: base_model: {folder} has no config.json (not a Hugging Face model folder)")
         tokenizer_dir = recipe.tokenizer_dir
-        if not any((tokenizer_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-            raise UserError(f"{recipe.path}: base_model: {tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+        if not any(
+            (tokenizer_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        ):
+            raise UserError(
+                f"{recipe.path}: base_model: {tokenizer_dir} holds no tokenizer"
+                " (tokenizer.json or tokenizer_config.json)"
+            )
 
 
 def check_output_dir(recipe) -> None:

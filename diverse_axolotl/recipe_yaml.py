@@ -28,8 +28,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 try:
                     if key in seen:
                         raise DuplicateKeyError(
-                            None, None, f"duplicate key '{key}' (first on line {seen[key]}; YAML would silently keep"
-                            " only the last one)", key_node.start_mark
+                            None,
+                            None,
+                            f"duplicate key '{key}' (first on line {seen[key]}; YAML would silently keep"
+                            " only the last one)",
+                            key_node.start_mark,
                         )
                     seen[key] = key_node.start_mark.line + 1
                 except TypeError:  # an unhashable key: SafeLoader reports it

@@ -137,7 +137,9 @@ def clear_run(root: Path) -> list[str]:
     return kept
 
 
-def write_round_files(paths: RunPaths, k: int, rows: list[dict], picks: np.ndarray, entered: np.ndarray, info: dict) -> None:
+def write_round_files(
+    paths: RunPaths, k: int, rows: list[dict], picks: np.ndarray, entered: np.ndarray, info: dict
+) -> None:
     """The round's training file (pool format) then its manifest; the manifest names the picks in order."""
     write_jsonl(paths.train_file(k), (rows[i] for i in picks))
     failpoint(f"between-files:{k}")
@@ -164,7 +166,7 @@ def save_selector_state(paths: RunPaths, k: int, state: dict) -> dict:
     if arrays:
         path = paths.selector_state(k)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
         fields["npz"] = {"file": path.name, "arrays": sorted(arrays), "sha256": file_sha256(path)}
     return fields
 

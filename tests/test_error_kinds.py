@@ -34,13 +34,16 @@ def test_only_axolotls_verdict_becomes_one_line(tmp_path, monkeypatch):
     def load_cfg_raising(exc):
         def load_cfg(path):
             raise exc
+
         return lambda: (load_cfg, None, None)
 
     monkeypatch.setattr(training, "check_unknown_keys", lambda cfg: None)
     monkeypatch.setattr(training, "_import_axolotl", load_cfg_raising(ValueError("lora_r must be positive\nmore")))
     with pytest.raises(UserError, match="^Axolotl rejected the recipe's Axolotl keys: lora_r must be positive$"):
         training.validate_axolotl({"base_model": "m"}, tmp_path / "a.yaml")
-    monkeypatch.setattr(training, "_import_axolotl", load_cfg_raising(AttributeError("'NoneType' has no attribute 'x'")))
+    monkeypatch.setattr(
+        training, "_import_axolotl", load_cfg_raising(AttributeError("'NoneType' has no attribute 'x'"))
+    )
     with pytest.raises(AttributeError) as err:
         training.validate_axolotl({"base_model": "m"}, tmp_path / "b.yaml")
     assert err.value.__notes__ == [f"Axolotl's output is in {tmp_path / 'b.log'}"]

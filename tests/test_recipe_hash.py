@@ -14,13 +14,23 @@ from diverse_axolotl.recipe import load_recipe
 
 
 def recipe_file(folder, model, selector=None, scorer=None, name="recipe.yaml", **selection):
-    (folder / "pool.json").write_text(json.dumps([{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)]))
-    block = {"pool": {"path": "pool.json"}, "selector": selector or {"name": "kcenter"}, "seed_size": 4,
-             "per_round": 4, "rounds": 1, **selection}
+    (folder / "pool.json").write_text(
+        json.dumps([{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(20)])
+    )
+    block = {
+        "pool": {"path": "pool.json"},
+        "selector": selector or {"name": "kcenter"},
+        "seed_size": 4,
+        "per_round": 4,
+        "rounds": 1,
+        **selection,
+    }
     if scorer is not None:
         block["scorer"] = scorer
     path = folder / name
-    path.write_text(yaml.safe_dump({"base_model": str(model), "adapter": "lora", "selection": block, "output_dir": "run"}))
+    path.write_text(
+        yaml.safe_dump({"base_model": str(model), "adapter": "lora", "selection": block, "output_dir": "run"})
+    )
     return path
 
 
@@ -40,7 +50,9 @@ def test_writing_a_default_out_is_the_same_run(tmp_path, tiny_model, short, expl
 def test_scorer_defaults_and_real_changes(tmp_path, tiny_model):
     sel = {"name": "iterative_kmq"}
     a = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity"}, name="a.yaml"))
-    b = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity", "batch_tokens": 16384}, name="b.yaml"))
+    b = load_recipe(
+        recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity", "batch_tokens": 16384}, name="b.yaml")
+    )
     c = load_recipe(recipe_file(tmp_path, tiny_model, sel, {"name": "perplexity", "batch_tokens": 8192}, name="c.yaml"))
     d = load_recipe(recipe_file(tmp_path, tiny_model, {"name": "kcenter", "device": "cpu"}, name="d.yaml"))
     e = load_recipe(recipe_file(tmp_path, tiny_model, name="e.yaml"))
@@ -64,8 +76,14 @@ def test_a_hub_id_as_base_model_fails_at_validate_in_one_line(tmp_path, hub_id):
     "block, expected",
     [
         ({"selector": {"name": "kmq", "n_clusters": 8}}, "9b576d9d6dd3e900"),
-        ({"selector": {"name": "iterative_kmq"}, "scorer": {"name": "perplexity", "batch_tokens": 8192}, "round0": "base"},
-         "aadc22c2268106af"),
+        (
+            {
+                "selector": {"name": "iterative_kmq"},
+                "scorer": {"name": "perplexity", "batch_tokens": 8192},
+                "round0": "base",
+            },
+            "aadc22c2268106af",
+        ),
     ],
 )
 def test_the_hash_of_an_existing_recipe_is_unchanged(block, expected):
@@ -76,9 +94,16 @@ def test_the_hash_of_an_existing_recipe_is_unchanged(block, expected):
     from diverse_axolotl.recipe import Recipe
 
     recipe = Recipe(
-        path=Path("/recipes/recipe.yaml"), output_dir=Path("/runs/run"),
+        path=Path("/recipes/recipe.yaml"),
+        output_dir=Path("/runs/run"),
         axolotl={"base_model": "/models/tiny", "adapter": "lora", "sequence_len": 128},
-        selection={"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2, **block},
+        selection={
+            "pool": {"path": Path("/data/no-such-pool.json")},
+            "seed_size": 4,
+            "per_round": 4,
+            "rounds": 2,
+            **block,
+        },
     )
     assert recipe.hash == expected
     assert recipe.resolved()["selection"]["selector"] == recipe.selection.selector.filled()  # recorded as hashed
@@ -88,7 +113,9 @@ def test_selector_and_scorer_blocks_are_resolved_once_into_their_params_models(t
     from diverse_axolotl.scoring import SCORERS
     from diverse_axolotl.selection import selector_class
 
-    recipe = load_recipe(recipe_file(tmp_path, tiny_model, {"name": "iterative_kmq", "niter": 5}, {"name": "perplexity"}))
+    recipe = load_recipe(
+        recipe_file(tmp_path, tiny_model, {"name": "iterative_kmq", "niter": 5}, {"name": "perplexity"})
+    )
     selector, scorer = recipe.selection.selector, recipe.selection.scorer
     assert isinstance(selector.validated, selector_class("iterative_kmq").Params) and selector.validated.niter == 5
     assert isinstance(scorer.validated, SCORERS.get("perplexity").Params)

@@ -17,7 +17,8 @@ nothing): it is output only and never read back.
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -39,7 +40,7 @@ class Selector:
     #: read (the loop scores just those); "optional": used when given; "none": ignored.
     scores: ClassVar[str] = "none"
     #: The scorer the loop uses when the recipe names none (e.g. "perplexity" for iterative_kmq).
-    default_scorer: ClassVar[Optional[str]] = None
+    default_scorer: ClassVar[str | None] = None
     #: True when the selector needs no embeddings at all (the loop can then skip embedding the pool).
     needs_embeddings: ClassVar[bool] = True
 
@@ -47,7 +48,7 @@ class Selector:
         self._configure(parse_params(self.name, self.Params, params))
 
     @classmethod
-    def from_params(cls, params: BaseModel) -> "Selector":
+    def from_params(cls, params: BaseModel) -> Selector:
         """A selector from parameters already validated (a recipe's resolved `Params`), without validating again."""
         if not isinstance(params, cls.Params):
             raise TypeError(f"selector '{cls.name}' takes {cls.Params.__name__}, got {type(params).__name__}")
@@ -70,7 +71,7 @@ class Selector:
         already_selected: Sequence[int] = (),
         scores=None,
         seed: int = 0,
-        n_rows: Optional[int] = None,
+        n_rows: int | None = None,
     ) -> np.ndarray:
         """Row ids of `budget` new rows, in pick order, none of them in `already_selected`. `n_rows`: the pool
         size, for a selector that needs no embeddings when `embeddings` is None."""
@@ -88,7 +89,7 @@ class Selector:
         _assert_valid_picks(picks, budget, chosen, n, self.name)
         return picks
 
-    def _inputs(self, embeddings, n_rows: Optional[int]) -> np.ndarray:
+    def _inputs(self, embeddings, n_rows: int | None) -> np.ndarray:
         """The checked embeddings; for a selector that needs none, an (N, 0) array of the pool's length."""
         if isinstance(embeddings, (bool, int, np.integer)):
             raise TypeError(f"selector '{self.name}': embeddings must be an array; pass the pool size as n_rows=")
@@ -97,9 +98,13 @@ class Selector:
                 raise UserError(f"selector '{self.name}' needs embeddings")
             emb = check_embeddings(embeddings)
         else:
-            if embeddings is None and n_rows is None:
+            if embeddings is not None:
+                n = len(embeddings)
+            elif n_rows is not None:
+                n = int(n_rows)
+            else:
                 raise TypeError(f"selector '{self.name}': give embeddings (any array, one row per pool row) or n_rows")
-            emb = np.empty((len(embeddings) if embeddings is not None else int(n_rows), 0), dtype=np.float32)
+            emb = np.empty((n, 0), dtype=np.float32)
         if n_rows is not None and n_rows != len(emb):
             raise UserError(f"selector '{self.name}': {len(emb)} rows of embeddings, but the pool has {n_rows} rows")
         return emb
@@ -113,7 +118,8 @@ def parse_params(name: str, model: type[BaseModel], params: dict) -> BaseModel:
     did-you-mean and the valid ones, then each bad value."""
     valid = sorted(model.model_fields)
     lines = [
-        f"selector '{name}' has no parameter '{key}'{did_you_mean(key, valid)}; valid parameters: {', '.join(valid) or 'none'}"
+        f"selector '{name}' has no parameter '{key}'{did_you_mean(key, valid)};"
+        f" valid parameters: {', '.join(valid) or 'none'}"
         for key in params
         if key not in model.model_fields
     ]
