@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +39,9 @@ class Pool:
     stats: dict = field(default_factory=dict)
 
 
-def read_select_pool(paths: Sequence[str | Path], fmt: str | None = None, data_files=None, split: str | None = None) -> Pool:
+def read_select_pool(
+    paths: Sequence[str | Path], fmt: str | None = None, data_files=None, split: str | None = None
+) -> Pool:
     """Every file named (each may be a glob or a folder) read as one pool; format from the first row unless given."""
     return _build_pool([(src, split) for p in paths for src in pool_sources(p, data_files)], fmt)
 
@@ -49,8 +51,12 @@ def pool_from_entries(entries: Sequence[dict]) -> Pool:
     parsed = [axolotl_entry(e) for e in entries]
     formats = {fmt for *_, fmt in parsed}
     if len(formats) > 1:
-        raise UserError(f"the datasets have different formats ({', '.join(sorted(formats))}); select from one format at a time")
-    return _build_pool([(src, split) for path, files, split, _ in parsed for src in pool_sources(path, files)], formats.pop())
+        raise UserError(
+            f"the datasets have different formats ({', '.join(sorted(formats))}); select from one format at a time"
+        )
+    return _build_pool(
+        [(src, split) for path, files, split, _ in parsed for src in pool_sources(path, files)], formats.pop()
+    )
 
 
 def _build_pool(sources: Sequence[tuple[Path, str | None]], fmt: str | None) -> Pool:
@@ -91,7 +97,9 @@ def parse_budget(value: str | int | float, n_rows: int) -> int:
             if rows <= 0:
                 raise ValueError
     except ValueError:
-        raise UserError(f"budget {value!r}: give a percentage (5%), a fraction (0.05) or a number of rows (500)") from None
+        raise UserError(
+            f"budget {value!r}: give a percentage (5%), a fraction (0.05) or a number of rows (500)"
+        ) from None
     if rows > n_rows:
         raise UserError(f"budget {value!r} is {rows} rows, but the pool has only {n_rows} usable rows")
     return rows
@@ -126,7 +134,10 @@ def load_embeddings_file(path: Path, n_rows: int) -> np.ndarray:
     if emb.ndim != 2 or not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
         raise UserError(f"{path}: expected a 2-D numeric array (rows x dims), got shape {emb.shape} of {emb.dtype}")
     if emb.shape[0] != n_rows:
-        raise UserError(f"{path}: {emb.shape[0]} rows of embeddings, but the pool has {n_rows} rows (one per pool row, in file order)")
+        raise UserError(
+            f"{path}: {emb.shape[0]} rows of embeddings, but the pool has {n_rows} rows"
+            " (one per pool row, in file order)"
+        )
     bad = nonfinite_rows(emb)  # in chunks: the file stays a memmap
     if len(bad):
         raise UserError(f"{path}: NaN or inf in {len(bad)} row(s), first: {bad[:5].tolist()} (rows counted from 0)")
@@ -176,10 +187,20 @@ def l2_normalise(emb: np.ndarray) -> None:
     emb /= np.maximum(norms, 1e-12)
 
 
-def embed_pool(pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec, log: Callable[[str], None]) -> tuple[np.ndarray, str | None]:
+def embed_pool(
+    pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec, log: Callable[[str], None]
+) -> tuple[np.ndarray, str | None]:
     """(embeddings of the usable rows, cache key): from the embedding cache when this pool, model and settings
     were embedded before, else computed (with a progress bar) and stored there."""
-    from .embedding import cache_file, check_finite, default_cache_dir, embed_rows, embedding_cache_key, pool_digest, pool_texts
+    from .embedding import (
+        cache_file,
+        check_finite,
+        default_cache_dir,
+        embed_rows,
+        embedding_cache_key,
+        pool_digest,
+        pool_texts,
+    )
 
     kind = "causal" if causal else "encoder-l2"
     digest = f"{pool_digest(pool.sha256, pool.fmt, pool.file_rows)}:{kind}"
@@ -194,7 +215,9 @@ def embed_pool(pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec
         cache_dir.mkdir(parents=True, exist_ok=True)
         out = cache_dir / f".{key}.{os.getpid()}.partial.npy"
     try:
-        emb = embed_rows(model, tokenizer, pool_texts(pool.rows, pool.fmt, tokenizer), spec, out=out, desc="embedding the pool")
+        emb = embed_rows(
+            model, tokenizer, pool_texts(pool.rows, pool.fmt, tokenizer), spec, out=out, desc="embedding the pool"
+        )
         check_finite(emb, str(model_dir))
         if not causal:
             l2_normalise(emb)
@@ -213,7 +236,7 @@ def array_sha256(emb: np.ndarray) -> str:
     """The embeddings' identity in the manifest: their float32 bytes, whatever file or cache they came from."""
     h = hashlib.sha256()
     for start in range(0, len(emb), 65536):
-        h.update(np.ascontiguousarray(emb[start:start + 65536], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(emb[start : start + 65536], dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -247,12 +270,17 @@ def select_pool(
     k = parse_budget(budget, len(pool.rows))
     scorer = _scorer_for(selector, scorer_name)
     if scorer and selector.scores == "required" and model_dir is None:
-        raise UserError(f"selector '{selector.name}' scores every row with '{scorer}', which needs a model: pass --model")
+        raise UserError(
+            f"selector '{selector.name}' scores every row with '{scorer}', which needs a model: pass --model"
+        )
     if selector.needs_embeddings and model_dir is None and embeddings_file is None:
         raise UserError(f"selector '{selector.name}' needs embeddings: pass --model DIR or --embeddings FILE.npy")
     n_clusters = selector.params.model_dump().get("n_clusters")
     if isinstance(n_clusters, int) and n_clusters >= len(pool.rows):
-        raise UserError(f"selector '{selector.name}': n_clusters is {n_clusters}, but the pool has only {len(pool.rows)} usable rows")
+        raise UserError(
+            f"selector '{selector.name}': n_clusters is {n_clusters},"
+            f" but the pool has only {len(pool.rows)} usable rows"
+        )
     timings: dict[str, float] = {}
     emb, scores, model_info, key = None, None, None, None
     if embeddings_file is not None:
@@ -266,10 +294,15 @@ def select_pool(
         model, causal = load_any_model(model_dir, *(((spec.device, spec.dtype)) if spec else ()))
         tokenizer = load_tokenizer(model_dir, note=log)
         spec = embedding_spec(causal, spec)
-        model_info = {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir),
-                      "kind": "causal LM (loop embedding)" if causal else "encoder (mean pooling, L2-normalised)",
-                      "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length,
-                      "dtype": dtype_name(spec.dtype, spec.device)}
+        model_info = {
+            "path": str(model_dir),
+            "fingerprint": model_fingerprint(model_dir),
+            "kind": "causal LM (loop embedding)" if causal else "encoder (mean pooling, L2-normalised)",
+            "pooling": spec.pooling,
+            "layer": spec.layer,
+            "max_length": spec.max_length,
+            "dtype": dtype_name(spec.dtype, spec.device),
+        }
         with all_cpu_threads():
             if selector.needs_embeddings and emb is None:
                 emb, key = embed_pool(pool, model, tokenizer, model_dir, causal, spec, log)
@@ -280,24 +313,38 @@ def select_pool(
                 from .scoring import get_scorer
 
                 t = time.perf_counter()
-                scores = get_scorer(scorer).score(model, tokenizer, pool.rows, pool.fmt, max_length=spec.max_length,
-                                                  desc=f"scoring ({scorer})")
+                scores = get_scorer(scorer).score(
+                    model, tokenizer, pool.rows, pool.fmt, max_length=spec.max_length, desc=f"scoring ({scorer})"
+                )
                 timings["score_s"] = time.perf_counter() - t
     del model
     t = time.perf_counter()
-    picks = selector.select(emb if selector.needs_embeddings else None, k, scores=scores, seed=seed, n_rows=len(pool.rows))
+    picks = selector.select(
+        emb if selector.needs_embeddings else None, k, scores=scores, seed=seed, n_rows=len(pool.rows)
+    )
     timings["select_s"] = time.perf_counter() - t
     manifest = {
         "selector": {"name": selector.name, "params": selector.params.model_dump(mode="json")},
         "scorer": scorer,
         "seed": seed,
         "budget": {"asked": str(budget), "rows": k},
-        "pool": {"sources": [str(s) for s in pool.sources], "format": pool.fmt, "sha256": pool.sha256,
-                 "rows_read": pool.n_read, "rows_usable": len(pool.rows), "empty_skipped": pool.stats.get("empty_skipped", 0)},
+        "pool": {
+            "sources": [str(s) for s in pool.sources],
+            "format": pool.fmt,
+            "sha256": pool.sha256,
+            "rows_read": pool.n_read,
+            "rows_usable": len(pool.rows),
+            "empty_skipped": pool.stats.get("empty_skipped", 0),
+        },
         "model": model_info,
-        "embeddings": None if emb is None else {
-            "file": str(embeddings_file) if embeddings_file is not None else None, "cache_key": key,
-            "shape": list(emb.shape), "sha256": array_sha256(emb)},
+        "embeddings": None
+        if emb is None
+        else {
+            "file": str(embeddings_file) if embeddings_file is not None else None,
+            "cache_key": key,
+            "shape": list(emb.shape),
+            "sha256": array_sha256(emb),
+        },
         "selector_info": selector.last_info,
         "timings": {name: round(v, 3) for name, v in timings.items()},
         "indices": [pool.file_rows[i] for i in picks],  # row numbers among all rows read, in pick order

@@ -16,7 +16,7 @@ trains exactly the selected rows.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,18 +31,20 @@ class DiverseSelection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     selector: str = Field(description="a selector name (see `diverse-axolotl selectors`)")
-    budget: Union[int, float, str] = Field(description="rows to keep: 0.05, '5%' or a row count")
-    embed_with: str = Field("base", description="base: the config's base_model; or a local model folder (an encoder works)")
-    embeddings: Optional[str] = Field(None, description="a .npy file with one row per pool row, instead of embedding")
+    budget: int | float | str = Field(description="rows to keep: 0.05, '5%' or a row count")
+    embed_with: str = Field(
+        "base", description="base: the config's base_model; or a local model folder (an encoder works)"
+    )
+    embeddings: str | None = Field(None, description="a .npy file with one row per pool row, instead of embedding")
     params: dict[str, Any] = Field(default_factory=dict, description="the selector's parameters")
-    scorer: Optional[str] = Field(None, description="scorer for selectors that use scores (default: the selector's)")
-    seed: Optional[int] = Field(None, description="default: the config's seed, else 0")
+    scorer: str | None = Field(None, description="scorer for selectors that use scores (default: the selector's)")
+    seed: int | None = Field(None, description="default: the config's seed, else 0")
 
 
 class SelectionArgs(BaseModel):
     """Merged into Axolotl's config schema by its plugin manager."""
 
-    diverse_selection: Optional[DiverseSelection] = None
+    diverse_selection: DiverseSelection | None = None
 
 
 def _plain(value):
@@ -66,7 +68,11 @@ def pool_from_datasets(datasets: list[dict]):
 
 def subset_entry(first: dict[str, Any], subset: Path) -> dict[str, Any]:
     """The dataset entry Axolotl trains on: the original's type and field mappings, the subset file's path."""
-    entry = {k: v for k, v in first.items() if k not in ("path", "data_files", "split", "name", "ds_type", "revision") and v is not None}
+    entry = {
+        k: v
+        for k, v in first.items()
+        if k not in ("path", "data_files", "split", "name", "ds_type", "revision") and v is not None
+    }
     return {**entry, "path": str(subset), "ds_type": "json"}
 
 
@@ -80,8 +86,17 @@ def run_selection(cfg) -> tuple[Path, Path]:
     pool = pool_from_datasets(datasets)
     model_dir = Path(cfg.base_model if spec.embed_with == "base" else spec.embed_with)
     seed = spec.seed if spec.seed is not None else int(cfg.seed or 0)
-    picks, manifest = select_pool(pool, spec.selector, spec.params, spec.budget, seed, model_dir,
-                                  Path(spec.embeddings) if spec.embeddings else None, spec.scorer, log=say)
+    picks, manifest = select_pool(
+        pool,
+        spec.selector,
+        spec.params,
+        spec.budget,
+        seed,
+        model_dir,
+        Path(spec.embeddings) if spec.embeddings else None,
+        spec.scorer,
+        log=say,
+    )
     out = Path(cfg.output_dir) / SUBSET_FILE
     manifest_file = write_selection(pool, picks, {**manifest, "axolotl_datasets": datasets}, out)
     from axolotl.utils.dict import DictDefault
