@@ -23,7 +23,6 @@ from axolotl.utils.samplers.multipack import MultipackBatchSampler, pack_group
 from transformers import TrainerCallback
 
 from . import models
-
 from .progress import progress_bar
 
 #: Text shown in front of the bar; the loop sets it before each round ("round 2: training").
@@ -87,7 +86,9 @@ class CompletePacking(MultipackBatchSampler):
         lengths = self.lengths[indices]
         order = np.argsort(-lengths, kind="stable")
         capacity = int(self.batch_max_len)
-        packed = pack_group(lengths[order].astype(np.int64), 0, capacity, len(order), int(self.bin_size or capacity), False)
+        packed = pack_group(
+            lengths[order].astype(np.int64), 0, capacity, len(order), int(self.bin_size or capacity), False
+        )
         bins = [[int(indices[order[i]]) for i in members] for members in packed]
         if sum(len(b) for b in bins) != len(indices):  # cannot happen: rows are truncated to sequence_len before
             raise RuntimeError(f"packing placed {sum(len(b) for b in bins)} of {len(indices)} rows")

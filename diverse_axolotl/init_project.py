@@ -29,8 +29,10 @@ def recipe_text(model: str | None) -> str:
     if _MODEL_LINE not in text:  # the shipped template and this module change together
         raise RuntimeError("starter/recipe.yaml lost its base_model line")
     if model is None:
-        line = (f"base_model: {DEFAULT_MODEL}   # make it here with `diverse-axolotl prepare-model`"
-                " (or `init --model FOLDER`)")
+        line = (
+            f"base_model: {DEFAULT_MODEL}   # make it here with `diverse-axolotl prepare-model`"
+            " (or `init --model FOLDER`)"
+        )
     else:
         line = f"base_model: {Path(model).expanduser().resolve()}   # a local Hugging Face model folder"
     return text.replace(_MODEL_LINE, line)
@@ -44,8 +46,10 @@ def write_starter(folder: Path, model: str | None = None, force: bool = False) -
     targets = [folder / name for name in STARTER_FILES]
     present = [p.name for p in targets if p.exists()]
     if present and not force:
-        raise UserError(f"{folder} already holds {', '.join(present)}; use --force to overwrite, or name another folder")
-    for target, source in zip(targets, STARTER_FILES.values()):
+        raise UserError(
+            f"{folder} already holds {', '.join(present)}; use --force to overwrite, or name another folder"
+        )
+    for target, source in zip(targets, STARTER_FILES.values(), strict=True):
         text = recipe_text(model) if source == "recipe.yaml" else starter_text(source)
         with atomic_path(target) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -15,12 +15,11 @@ from importlib import metadata
 
 import pytest
 import yaml
-
-from diverse_axolotl import __version__
-
 from conftest import ROOT
 from test_bad_input import GOOD, POOL_ROWS
 from test_loop_integration import write_recipe
+
+from diverse_axolotl import __version__
 
 # Every line our `run` prints, and nothing else.
 OUR_RUN_LINES = [
@@ -33,8 +32,9 @@ OUR_RUN_LINES = [
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diverse_axolotl", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "diverse_axolotl", *args], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
 
 
 def lines_of(proc: subprocess.CompletedProcess) -> list[str]:

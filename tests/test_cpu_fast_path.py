@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import alpaca_rows
 
 #: Every batch the trainer trained on, as Recorder saw it (input_ids and labels, one list of rows per batch).
@@ -14,12 +13,28 @@ SEEN: list[dict] = []
 DATASET: list[dict] = []
 
 TINY = {
-    "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_linear": True,
-    "sequence_len": 512, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
-    "learning_rate": 0.001, "optimizer": "adamw_torch", "lr_scheduler": "constant", "train_on_inputs": False,
+    "adapter": "lora",
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "lora_target_linear": True,
+    "sequence_len": 512,
+    "micro_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 0.001,
+    "optimizer": "adamw_torch",
+    "lr_scheduler": "constant",
+    "train_on_inputs": False,
     # What a CPU needs, spelt out: these tests are about packing and bf16, not about the defaults.
-    "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False, "lora_embedding_kernel": False,
-    "fp16": False, "tf32": False, "attn_implementation": "sdpa", "dataset_num_proc": 1, "dataloader_num_workers": 0,
+    "lora_mlp_kernel": False,
+    "lora_qkv_kernel": False,
+    "lora_o_kernel": False,
+    "lora_embedding_kernel": False,
+    "fp16": False,
+    "tf32": False,
+    "attn_implementation": "sdpa",
+    "dataset_num_proc": 1,
+    "dataloader_num_workers": 0,
 }
 
 
@@ -53,8 +68,14 @@ def _train(tmp_path, model, rows, **keys):
 
     train_file = tmp_path / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = axolotl_config({"base_model": str(model), **TINY, **keys}, train_file, "alpaca", tmp_path / "adapter",
-                         tmp_path / "prepared", seed=0)
+    cfg = axolotl_config(
+        {"base_model": str(model), **TINY, **keys},
+        train_file,
+        "alpaca",
+        tmp_path / "adapter",
+        tmp_path / "prepared",
+        seed=0,
+    )
     return train_round(cfg, tmp_path)
 
 
@@ -65,8 +86,15 @@ def test_packing_trains_every_row_every_epoch(tmp_path, tiny_model):
     SEEN.clear()
     rows = alpaca_rows()[:37]
     epochs = 2
-    result = _train(tmp_path, tiny_model, rows, sample_packing=True, bf16=False, num_epochs=epochs,
-                    plugins=["test_cpu_fast_path.Recorder"])
+    result = _train(
+        tmp_path,
+        tiny_model,
+        rows,
+        sample_packing=True,
+        bf16=False,
+        num_epochs=epochs,
+        plugins=["test_cpu_fast_path.Recorder"],
+    )
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert len(DATASET) == len(rows)
     seen_rows = [r for batch in SEEN for r in batch["input_ids"]]

@@ -20,8 +20,8 @@ from diverse_axolotl.evaluation import (
     exact_match,
     flat_metrics,
     greedy_generate,
-    heldout_loss,
     heldout_ids,
+    heldout_loss,
     heldout_rows,
     json_safe,
     lm_eval_tasks,
@@ -36,6 +36,7 @@ needs_eval_data = pytest.mark.skipif(not (EVAL_DATA / "arc").is_dir(), reason=".
 
 def strict_json(path: Path):
     """json.loads that refuses NaN/Infinity (what other JSON readers do)."""
+
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
 
@@ -52,7 +53,9 @@ def test_task_index_names_and_parsing():
     assert [(r.name, r.num_fewshot) for r in parsed] == [("da_arc_easy", None), ("da_mmlu", 5), ("heldout_loss", None)]
     # Names without our prefix are lm-eval's own tasks, from its registry.
     assert [r.name for r in parse_tasks("arc_easy,hellaswag,mmlu")] == ["arc_easy", "hellaswag", "mmlu"]
-    with pytest.raises(UserError, match=r"unknown evaluation task 'arc_eazy'.*did you mean.*ours: .*da_arc_easy.*t0_exact"):
+    with pytest.raises(
+        UserError, match=r"unknown evaluation task 'arc_eazy'.*did you mean.*ours: .*da_arc_easy.*t0_exact"
+    ):
         parse_tasks(["arc_eazy"])
     with pytest.raises(UserError, match="named twice"):
         parse_tasks("da_arc_easy,da_arc_easy")
@@ -82,8 +85,11 @@ def test_shipped_yamls_read_the_data_dir_given_as_metadata(tmp_path):
     assert "${DATA_DIR}" not in texts and "../shared" not in texts
     data = tmp_path / "my eval data"
     (data / "arc").mkdir(parents=True)
-    row = {"id": "q1", "question": {"stem": "2+2?", "choices": [{"text": "4", "label": "A"}, {"text": "5", "label": "B"}]},
-           "answerKey": "A"}
+    row = {
+        "id": "q1",
+        "question": {"stem": "2+2?", "choices": [{"text": "4", "label": "A"}, {"text": "5", "label": "B"}]},
+        "answerKey": "A",
+    }
     for split in ("Train", "Dev", "Test"):
         (data / "arc" / f"ARC-Easy-{split}.jsonl").write_text(json.dumps(row) + "\n")
     task = get_task_dict(["da_arc_easy"], task_manager(["da_arc_easy"], data))["da_arc_easy"]
@@ -111,7 +117,10 @@ def test_ifeval_checks_need_no_nltk_data():
         "key": 1,
         "prompt": "Answer in at least 3 sentences, with at least 2 words in capitals.",
         "instruction_id_list": ["length_constraints:number_sentences", "change_case:capital_word_frequency"],
-        "kwargs": [{"num_sentences": 3, "relation": "at least"}, {"capital_frequency": 2, "capital_relation": "at least"}],
+        "kwargs": [
+            {"num_sentences": 3, "relation": "at least"},
+            {"capital_frequency": 2, "capital_relation": "at least"},
+        ],
     }
     ok = utils.process_ifeval(doc, ["The SUN rose. Dr. Smith woke up. It was a GOOD day!"])
     assert ok["prompt_level_strict_acc"] is True and ok["inst_level_strict_acc"] == [True, True]
@@ -123,15 +132,23 @@ def test_ifeval_checks_need_no_nltk_data():
 @needs_eval_data
 def test_lm_eval_tasks_score_the_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "round_0" / "eval.json"
-    result = evaluate(tiny_model, None, "da_arc_easy,da_gsm8k,da_ifeval", limit=2, batch_size=2, out_file=out, max_gen_toks=8)
+    result = evaluate(
+        tiny_model, None, "da_arc_easy,da_gsm8k,da_ifeval", limit=2, batch_size=2, out_file=out, max_gen_toks=8
+    )
     saved = strict_json(out)
     assert saved["metrics"] == result["metrics"]
     lm = saved["lm_eval"]
     assert set(lm["results"]) == {"da_arc_easy", "da_gsm8k", "da_ifeval"}
     assert lm["n-shot"]["da_gsm8k"] == 5 and lm["n-samples"]["da_arc_easy"]["effective"] == 2
     m = saved["metrics"]
-    for key in ("da_arc_easy/acc", "da_arc_easy/acc_norm", "da_gsm8k/exact_match/strict-match",
-                "da_gsm8k/exact_match/flexible-extract", "da_ifeval/prompt_level_strict_acc", "da_ifeval/inst_level_loose_acc"):
+    for key in (
+        "da_arc_easy/acc",
+        "da_arc_easy/acc_norm",
+        "da_gsm8k/exact_match/strict-match",
+        "da_gsm8k/exact_match/flexible-extract",
+        "da_ifeval/prompt_level_strict_acc",
+        "da_ifeval/inst_level_loose_acc",
+    ):
         assert 0.0 <= m[key] <= 1.0, key
     log = out.with_suffix(".log").read_text()
     assert "lm_eval" in log and "Running loglikelihood requests" in log
@@ -144,7 +161,11 @@ def fake_data_root(root: Path) -> Path:
     (root / "pools" / "alpaca" / "alpaca_5000.json").write_text(json.dumps(alpaca_rows()[:12]))
     (root / "pools" / "code_alpaca").mkdir(parents=True)
     long_rows = [
-        {"instruction": " ".join(r["instruction"] for r in alpaca_rows()[i : i + 40]), "input": "", "output": alpaca_rows()[i]["output"][:40]}
+        {
+            "instruction": " ".join(r["instruction"] for r in alpaca_rows()[i : i + 40]),
+            "input": "",
+            "output": alpaca_rows()[i]["output"][:40],
+        }
         for i in (0, 50)
     ]
     (root / "pools" / "code_alpaca" / "code_alpaca_2k.json").write_text(json.dumps(long_rows))
@@ -153,7 +174,13 @@ def fake_data_root(root: Path) -> Path:
         for j in range(4):
             r = alpaca_rows()[len(t0)]
             # a raw U+2028 inside a prompt: JSON-legal, and a line break to str.splitlines()
-            t0.append({"template": template, "prompt": r["instruction"] + "\u2028" + str(j), "completion": " yes<|endoftext|>"})
+            t0.append(
+                {
+                    "template": template,
+                    "prompt": r["instruction"] + "\u2028" + str(j),
+                    "completion": " yes<|endoftext|>",
+                }
+            )
     with lzma.open(root / "pools" / "t0_train_50k.jsonl.xz", "wt", encoding="utf-8") as fh:
         fh.write("\n".join(json.dumps(row, ensure_ascii=False) for row in t0) + "\n")
     return root
@@ -165,7 +192,7 @@ def hand_loss(model, tok, prompt: str, response: str, max_length: int = 10_000) 
 
     p_ids = tok(prompt)["input_ids"]
     r_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    p_ids = p_ids[-(max_length - len(r_ids)):]
+    p_ids = p_ids[-(max_length - len(r_ids)) :]
     ids = torch.tensor([p_ids + r_ids])
     labels = torch.tensor([[-100] * len(p_ids) + r_ids])
     with torch.no_grad():
@@ -228,7 +255,9 @@ def test_adapter_reaches_lm_eval_and_our_metrics(tiny_model, tmp_path):
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapter = tmp_path / "adapter"
     lora.save_pretrained(adapter)
     root = fake_data_root(tmp_path / "data")
@@ -270,7 +299,9 @@ def test_batched_greedy_generation_matches_one_by_one(tiny_model):
     tok = load_tokenizer(tiny_model)
     prompts = [r["instruction"] for r in alpaca_rows()[:4]]
     batched = greedy_generate(model, tok, prompts, [6, 3, 6, 5], max_length=128)
-    single = [greedy_generate(model, tok, [p], [n], max_length=128)[0] for p, n in zip(prompts, [6, 3, 6, 5])]
+    single = [
+        greedy_generate(model, tok, [p], [n], max_length=128)[0] for p, n in zip(prompts, [6, 3, 6, 5], strict=True)
+    ]
     assert batched == single
 
 
@@ -285,12 +316,20 @@ def test_json_safe_and_flat_metrics():
     safe = json_safe(raw)
     assert safe == {"a": 0.5, "b": None, "c": [1, 2], "f": "<function builtins.len>", "3": {"x": [1.0]}}
     result = {
-        "lm_eval": {"results": {"da_gsm8k": {"alias": "x", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1},
-                                "da_arc_easy": {"acc,none": 0.5, "acc_stderr,none": "N/A"}}},
+        "lm_eval": {
+            "results": {
+                "da_gsm8k": {"alias": "x", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1},
+                "da_arc_easy": {"acc,none": 0.5, "acc_stderr,none": "N/A"},
+            }
+        },
         "ours": {"heldout_loss": {"value": 2.5}},
         "meta": {"tasks": ["da_arc_easy", "da_gsm8k", "heldout_loss"]},
     }
-    assert flat_metrics(result) == {"da_arc_easy/acc": 0.5, "da_gsm8k/exact_match/strict-match": 0.25, "heldout_loss": 2.5}
+    assert flat_metrics(result) == {
+        "da_arc_easy/acc": 0.5,
+        "da_gsm8k/exact_match/strict-match": 0.25,
+        "heldout_loss": 2.5,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -329,9 +368,16 @@ def test_report_renders_for_fake_runs(tmp_path):
     out = tmp_path / "report"
     written = write_report(runs, out)
     names = {p.name for p in written["pngs"]}
-    assert {"metric_train_loss.png", "metric_da_arc_easy_acc.png", "metric_heldout_loss.png", "diversity_vendi.png",
-            "diversity_nn_distance.png", "diversity_coverage.png", "embedding_map_kcenter_seed_0.png",
-            "timings_random_seed_0.png"} <= names
+    assert {
+        "metric_train_loss.png",
+        "metric_da_arc_easy_acc.png",
+        "metric_heldout_loss.png",
+        "diversity_vendi.png",
+        "diversity_nn_distance.png",
+        "diversity_coverage.png",
+        "embedding_map_kcenter_seed_0.png",
+        "timings_random_seed_0.png",
+    } <= names
     for png in written["pngs"]:
         image = imread(png)
         assert image.shape[:2] == (480, 800), png.name
@@ -371,7 +417,9 @@ def test_coverage_of_sources_and_templates_by_hand(tmp_path):
     assert share == pytest.approx(2 / 3) and table == {"a": (2, 2), "b": (0, 1), "c": (1, 1)}
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps([{"instruction": "x", "output": "y"}] * 3))
-    (tmp_path / "pool_meta.json").write_text(json.dumps({"rows": [{"source": "s1"}, {"source": "s2", "template": "t"}, {"source": "s1"}]}))
+    (tmp_path / "pool_meta.json").write_text(
+        json.dumps({"rows": [{"source": "s1"}, {"source": "s2", "template": "t"}, {"source": "s1"}]})
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"recipe": {"selection": {"pool": {"path": str(pool)}}}}))
@@ -399,8 +447,15 @@ def test_an_lm_eval_builtin_task_runs_by_its_registry_name(tiny_model, tmp_path,
     import datasets
     import lm_eval.api.task
 
-    rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "choices": {"text": [str(i + 1), "7"], "label": ["A", "B"]},
-             "answerKey": "A"} for i in range(3)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"What is {i} + 1?",
+            "choices": {"text": [str(i + 1), "7"], "label": ["A", "B"]},
+            "answerKey": "A",
+        }
+        for i in range(3)
+    ]
     asked = []
 
     def local_hub_copy(path=None, name=None, **kwargs):

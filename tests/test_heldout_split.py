@@ -28,8 +28,12 @@ def labelled_rows(n: int) -> list[dict]:
 def test_carve_is_seeded_stratified_and_disjoint():
     rows = labelled_rows(60)
     numbers = list(range(100, 160))  # pool row numbers differ from positions (as after skipped empty rows)
-    keep, held = carve_split(rows, numbers, SplitSpec(rows=12, seed=3, stratify="topic"), None, "alpaca", Path("p.json"))
-    again_keep, again = carve_split(rows, numbers, SplitSpec(rows=12, seed=3, stratify="topic"), None, "alpaca", Path("p.json"))
+    keep, held = carve_split(
+        rows, numbers, SplitSpec(rows=12, seed=3, stratify="topic"), None, "alpaca", Path("p.json")
+    )
+    again_keep, again = carve_split(
+        rows, numbers, SplitSpec(rows=12, seed=3, stratify="topic"), None, "alpaca", Path("p.json")
+    )
     assert keep == again_keep and held.rows == again.rows
     other = carve_split(rows, numbers, SplitSpec(rows=12, seed=4, stratify="topic"), None, "alpaca", Path("p.json"))[1]
     assert [r.index for r in other.rows] != [r.index for r in held.rows]
@@ -72,11 +76,14 @@ def test_a_heldout_file_is_scored_per_label(tiny_model, tmp_path):
     tok = load_tokenizer(tiny_model)
     expected = {}
     for topic in ("a", "b", "c"):
-        expected[topic] = np.mean([hand_loss(model, tok, *prompt_and_response(r, "alpaca"))
-                                   for r in rows if r["topic"] == topic])
+        expected[topic] = np.mean(
+            [hand_loss(model, tok, *prompt_and_response(r, "alpaca")) for r in rows if r["topic"] == topic]
+        )
         assert result["metrics"][f"heldout_loss/{topic}"] == pytest.approx(expected[topic], rel=1e-4)
         size = sum(r["topic"] == topic for r in rows)
-        assert result["metrics"][f"heldout_exact/{topic}"] * size == pytest.approx(round(result["metrics"][f"heldout_exact/{topic}"] * size))
+        assert result["metrics"][f"heldout_exact/{topic}"] * size == pytest.approx(
+            round(result["metrics"][f"heldout_exact/{topic}"] * size)
+        )
     assert result["metrics"]["heldout_loss"] == pytest.approx(np.mean(list(expected.values())), rel=1e-4)
     assert result["ours"]["heldout_set"]["groups"] == {"a": 6, "b": 2, "c": 1}
 
@@ -86,10 +93,22 @@ def test_a_carved_split_is_never_selected_and_reported_per_group(tmp_path, tiny_
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows(60)))
     recipe = write_recipe(tmp_path, tiny_model, pool, selection={"rounds": 2})
-    recipe.write_text(recipe.read_text() + yaml.safe_dump({"eval": {
-        "tasks": ["heldout_loss", "heldout_exact"], "batch_size": 2,
-        "heldout": {"split": {"rows": 12, "seed": 1, "stratify": "topic"}, "max_length": 128, "max_new_tokens": 4},
-    }}))
+    recipe.write_text(
+        recipe.read_text()
+        + yaml.safe_dump(
+            {
+                "eval": {
+                    "tasks": ["heldout_loss", "heldout_exact"],
+                    "batch_size": 2,
+                    "heldout": {
+                        "split": {"rows": 12, "seed": 1, "stratify": "topic"},
+                        "max_length": 128,
+                        "max_new_tokens": 4,
+                    },
+                }
+            }
+        )
+    )
     assert CliRunner().invoke(main, ["validate", str(recipe), "--skip-axolotl"]).exit_code == 0
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 0, result.output

@@ -17,7 +17,9 @@ def test_init_writes_a_recipe_that_validates_and_refuses_to_overwrite(tmp_path, 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "pool.json", "recipe.yaml"]
     assert json.loads((folder / "pool.json").read_text()) == alpaca_rows()
-    assert "CC BY-NC 4.0" in (folder / "README.md").read_text() and "CC BY-NC 4.0" in (folder / "recipe.yaml").read_text()
+    assert (
+        "CC BY-NC 4.0" in (folder / "README.md").read_text() and "CC BY-NC 4.0" in (folder / "recipe.yaml").read_text()
+    )
     checked = CliRunner().invoke(main, ["validate", str(folder / "recipe.yaml"), "--skip-axolotl"])
     assert checked.exit_code == 0, checked.output
     assert "180 rows" in checked.output and "held-out  20 rows" in checked.output

@@ -140,6 +140,7 @@ def _answer_nll(model, tok, prompt: str, answer: str) -> float:
 
 def test_perplexity_gap_is_eq7_on_a_plain_forward_pass(tiny_model):
     from conftest import alpaca_rows
+
     from diverse_axolotl.data import prompt_and_response
     from diverse_axolotl.evaluation import greedy_generate
     from diverse_axolotl.models import load_model, load_tokenizer
@@ -152,12 +153,14 @@ def test_perplexity_gap_is_eq7_on_a_plain_forward_pass(tiny_model):
     # Eq. 7: -log(PPL(x + y_gen) / PPL(x + y_gold)) = log PPL(gold) - log PPL(gen), log PPL = mean NLL
     expected = [
         -np.log(np.exp(_answer_nll(model, tok, p, o)) / np.exp(_answer_nll(model, tok, p, g)))
-        for (p, g), o in zip(pairs, own)
+        for (p, g), o in zip(pairs, own, strict=True)
     ]
     scorer = get_scorer("perplexity_gap", max_new_tokens=8)
     got = scorer.score(model, tok, rows, "alpaca", max_length=128)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     # the convention: a gold answer the model would give itself scores 0; real gold answers, less likely, score > 0
-    same = scorer.score(model, tok, [{**r, "output": o} for r, o in zip(rows, own)], "alpaca", max_length=128)
+    same = scorer.score(
+        model, tok, [{**r, "output": o} for r, o in zip(rows, own, strict=True)], "alpaca", max_length=128
+    )
     np.testing.assert_allclose(same, 0.0, atol=1e-5)
     assert (got > 0).all()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from diverse_axolotl.selection import get_selector
 
@@ -61,8 +61,9 @@ def _distributed_worker(rank: int, world: int, port: int, data: np.ndarray, budg
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     bounds = np.linspace(0, len(data), world + 1).astype(int)
     lo, hi = bounds[rank], bounds[rank + 1]
-    picks = farthest_first_distributed(data[lo:hi], int(lo), len(data), budget, np.asarray(already, dtype=np.int64),
-                                       torch.device("cpu"))
+    picks = farthest_first_distributed(
+        data[lo:hi], int(lo), len(data), budget, np.asarray(already, dtype=np.int64), torch.device("cpu")
+    )
     np.save(f"{out_dir}/rank{rank}.npy", picks)
     dist.destroy_process_group()
 

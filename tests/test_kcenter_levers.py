@@ -56,7 +56,9 @@ def test_isolation_is_the_kth_neighbour_distance():
 def test_kcenter_with_outliers_never_picks_the_most_isolated_rows():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(200, 8))
-    x[:10] = 60.0 * np.concatenate([np.eye(8)[:5], -np.eye(8)[:5]])  # ten far-flung rows: plain k-center takes them first
+    x[:10] = 60.0 * np.concatenate(
+        [np.eye(8)[:5], -np.eye(8)[:5]]
+    )  # ten far-flung rows: plain k-center takes them first
     x = x.astype(np.float32)
     plain = get_selector("kcenter", device="cpu").select(x, 10)
     assert set(plain.tolist()) == set(range(10))

@@ -20,23 +20,34 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_loop_integration import write_recipe
 
 from diverse_axolotl.cli import main
 from diverse_axolotl.errors import UserError
 from diverse_axolotl.interrupt import LINE as INTERRUPTED
 from diverse_axolotl.loop import LOCK_NAME, Loop, RunLock
 from diverse_axolotl.recipe import load_recipe
-from test_loop_integration import write_recipe
 
 CLI = str(Path(sys.executable).parent / "diverse-axolotl")
 
 
-def _recipe(folder: Path, model: Path, pool: Path, name: str = "recipe.yaml", output_dir: str = "run", **selection) -> Path:
+def _recipe(
+    folder: Path, model: Path, pool: Path, name: str = "recipe.yaml", output_dir: str = "run", **selection
+) -> Path:
     """A small recipe (no training needed for most tests here)."""
     recipe = {
-        "base_model": str(model), "adapter": "lora", "sequence_len": 128, "output_dir": output_dir,
-        "selection": {"pool": {"path": str(pool), "format": "alpaca"}, "selector": {"name": "kcenter"},
-                      "seed_size": 4, "per_round": 4, "rounds": 1, **selection},
+        "base_model": str(model),
+        "adapter": "lora",
+        "sequence_len": 128,
+        "output_dir": output_dir,
+        "selection": {
+            "pool": {"path": str(pool), "format": "alpaca"},
+            "selector": {"name": "kcenter"},
+            "seed_size": 4,
+            "per_round": 4,
+            "rounds": 1,
+            **selection,
+        },
     }
     path = folder / name
     path.write_text(yaml.safe_dump(recipe))
@@ -46,8 +57,9 @@ def _recipe(folder: Path, model: Path, pool: Path, name: str = "recipe.yaml", ou
 def _fake_earlier_run(root: Path, trained_round_0: bool, pool_sha256: str | None = None) -> None:
     """The files an earlier run of another recipe left: run.json, round_0 (with or without a trained adapter)."""
     (root / "round_0" / "adapter").mkdir(parents=True)
-    (root / "run.json").write_text(json.dumps({"recipe_hash": "another", "recipe_file": "/elsewhere/old.yaml",
-                                               "pool_sha256": pool_sha256}))
+    (root / "run.json").write_text(
+        json.dumps({"recipe_hash": "another", "recipe_file": "/elsewhere/old.yaml", "pool_sha256": pool_sha256})
+    )
     (root / "round_0" / "manifest.json").write_text(json.dumps({"indices": [0, 1]}))
     (root / "summary.json").write_text("[]")
     (root / ".run.json.abc123.tmp").write_text("")
@@ -124,10 +136,14 @@ def test_report_on_an_unfinished_run_says_so(tmp_path):
     run = tmp_path / "run"
     (run / "round_0").mkdir(parents=True)
     (run / "round_1").mkdir()
-    (run / "run.json").write_text(json.dumps({"recipe": {"selection": {"selector": {"name": "kcenter"}, "seed": 0, "rounds": 2}}}))
+    (run / "run.json").write_text(
+        json.dumps({"recipe": {"selection": {"selector": {"name": "kcenter"}, "seed": 0, "rounds": 2}}})
+    )
     (run / "round_0" / "manifest.json").write_text(json.dumps({"indices": list(range(8)), "entered_round": [0] * 8}))
     (run / "round_0" / "done.json").write_text(json.dumps({"round": 0, "rows": 8, "train_loss": 2.0, "train_s": 1.0}))
-    (run / "round_1" / "manifest.json").write_text(json.dumps({"indices": list(range(14)), "entered_round": [0] * 8 + [1] * 6}))
+    (run / "round_1" / "manifest.json").write_text(
+        json.dumps({"indices": list(range(14)), "entered_round": [0] * 8 + [1] * 6})
+    )
     result = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert f"note: {run} is unfinished: rounds 0 trained of 3 (0..2)" in result.output
@@ -149,8 +165,14 @@ def _start_paused(recipe: Path, point: str, *args: str) -> tuple[subprocess.Pope
     marker = recipe.parent / f"paused-{point.replace(':', '-')}"
     marker.unlink(missing_ok=True)
     env = _env(recipe.parent, DIVERSE_AXOLOTL_PAUSE=point, DIVERSE_AXOLOTL_PAUSE_MARKER=str(marker))
-    proc = subprocess.Popen([CLI, "run", str(recipe), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [CLI, "run", str(recipe), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -178,10 +200,14 @@ def _our_lines(err: str) -> list[str]:
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, tiny_model, pool_file):
-    recipe = write_recipe(tmp_path, tiny_model, pool_file, selection={"rounds": 0})  # without the lock, both would train
+    recipe = write_recipe(
+        tmp_path, tiny_model, pool_file, selection={"rounds": 0}
+    )  # without the lock, both would train
     first, _ = _start_paused(recipe, "locked")
     try:
-        second = subprocess.run([CLI, "run", str(recipe)], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [CLI, "run", str(recipe)], env=_env(tmp_path), capture_output=True, text=True, timeout=300
+        )
         lines = _our_lines(second.stderr)
         assert second.returncode == 1, second.stderr[-3000:]
         assert len(lines) == 1 and f"is in use by another run (pid {first.pid} on " in lines[0], second.stderr[-3000:]
@@ -203,7 +229,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-# -- items 4 and 2: Ctrl-C at every stage, --resume, and a finished round missing a file ------------------------------------
+# -- items 4 and 2: Ctrl-C at every stage, --resume, and a finished round missing a file -----------------------
 @pytest.mark.slow
 def test_ctrl_c_anywhere_exits_130_and_missing_files_are_redone(tmp_path, tiny_model, pool_file):
     # float32 embeddings: dtype auto decides per process by timing bf16 against fp32 on a CPU
@@ -219,7 +245,9 @@ def test_ctrl_c_anywhere_exits_130_and_missing_files_are_redone(tmp_path, tiny_m
         assert _our_lines(err)[-1].endswith(INTERRUPTED) and "Traceback" not in err, (point, err[-3000:])
     assert (run / "round_0" / "done.json").is_file() and not (run / "round_1" / "done.json").exists()
 
-    resumed = subprocess.run([CLI, "run", str(recipe), "--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [CLI, "run", str(recipe), "--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "round 0: finished earlier, reusing it" in resumed.stderr
 

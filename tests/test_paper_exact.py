@@ -132,7 +132,10 @@ def test_logit_uncertainty_ranks_the_issue_example_as_diverseevol_does():
 
 def test_uncertainty_selectors_take_the_lowest_logit_scores_and_prob_variants_the_highest():
     scores = np.array([3.0, 1.0, 2.0, 0.5, 5.0])
-    assert get_selector("least_confidence").select(None, 2, scores=scores, already_selected=[3], n_rows=5).tolist() == [1, 2]
+    assert get_selector("least_confidence").select(None, 2, scores=scores, already_selected=[3], n_rows=5).tolist() == [
+        1,
+        2,
+    ]
     assert get_selector("margin").select(None, 2, scores=scores, n_rows=5).tolist() == [3, 1]
     assert get_selector("least_confidence_prob").select(None, 2, scores=scores, n_rows=5).tolist() == [4, 0]
     assert get_selector("margin_prob").select(None, 2, scores=scores, n_rows=5).tolist() == [4, 0]
@@ -152,6 +155,7 @@ def full_forward_logits(model, ids: list[int]) -> torch.Tensor:
 
 def test_least_confidence_and_margin_are_mean_raw_logit_stats_over_every_position(model_and_tok):
     from conftest import alpaca_rows
+
     from diverse_axolotl.data import prompt_and_response
     from diverse_axolotl.scoring import get_scorer
     from diverse_axolotl.scoring.token_stats import encode_pair
@@ -214,8 +218,10 @@ def test_scorers_are_correct_without_bos(no_bos_model):
     model, tok = no_bos_model
     texts = ["A short completion about cats.", "Another row, with a comma and more words in it."]
     rows = [{"text": t} for t in texts]
-    got = {name: get_scorer(name).score(model, tok, rows, "completion", max_length=64)
-           for name in ("perplexity", "entropy", "least_confidence", "margin", "least_confidence_prob", "margin_prob")}
+    got = {
+        name: get_scorer(name).score(model, tok, rows, "completion", max_length=64)
+        for name in ("perplexity", "entropy", "least_confidence", "margin", "least_confidence_prob", "margin_prob")
+    }
     for i, text in enumerate(texts):
         ids, start = encode_pair(tok, "", text, 64)
         logits = full_forward_logits(model, ids)
@@ -230,16 +236,16 @@ def test_scorers_are_correct_without_bos(no_bos_model):
 
 
 def test_ifd_is_correct_without_bos(no_bos_model):
+    from conftest import alpaca_rows
+
     from diverse_axolotl.data import prompt_and_response
     from diverse_axolotl.scoring import get_scorer
     from diverse_axolotl.scoring.token_stats import encode_pair
 
-    from conftest import alpaca_rows
-
     model, tok = no_bos_model
     rows = alpaca_rows()[:3]
     ifd = get_scorer("ifd").score(model, tok, rows, "alpaca", max_length=128)
-    for row, got in zip(rows, ifd):
+    for row, got in zip(rows, ifd, strict=True):
         prompt, response = prompt_and_response(row, "alpaca")
         nll = []
         for p in (prompt, ""):
@@ -252,8 +258,12 @@ def test_ifd_is_correct_without_bos(no_bos_model):
 # -- 6. already_selected and zero vectors -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "bad, message",
-    [([1.7, 2.2], "integer row ids"), (np.array([1.0, 2.0]), "integer row ids"),
-     (np.array([True, False, True, False, False]), "boolean mask"), ([False, True, False, False, False], "boolean mask")],
+    [
+        ([1.7, 2.2], "integer row ids"),
+        (np.array([1.0, 2.0]), "integer row ids"),
+        (np.array([True, False, True, False, False]), "boolean mask"),
+        ([False, True, False, False, False], "boolean mask"),
+    ],
 )
 def test_already_selected_must_hold_integer_ids(bad, message):
     x = np.random.default_rng(0).standard_normal((5, 3))

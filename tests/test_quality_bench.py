@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -40,8 +39,14 @@ def test_smoke_mode_runs_both_arms_and_writes_the_results(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.quality", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(f"smoke mode: {seconds:.0f} s")
@@ -80,8 +85,14 @@ def test_smoke_mode_runs_both_arms_and_writes_the_results(tmp_path):
     assert len(held) == 8 and not held & {m["index"] for m in meta["rows"]}
 
     # Re-invoking resumes: finished runs are skipped without starting the CLI.
-    again = subprocess.run([sys.executable, "-m", "bench.quality", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert again.stdout.count("finished earlier, skipped") == 3
 
@@ -92,14 +103,27 @@ def test_full_config_plans_every_arm_at_equal_budgets():
     by_arm: dict[str, list] = {}
     for p in plans:
         by_arm.setdefault(p.arm, []).append(p)
-    assert set(by_arm) == {"random", "kcenter", "kcenter_iter", "kmeans_closest", "kmeans_random", "kmq",
-                           "iterative_kmq", "deita", "qdit", "full"}
+    assert set(by_arm) == {
+        "random",
+        "kcenter",
+        "kcenter_iter",
+        "kmeans_closest",
+        "kmeans_random",
+        "kmq",
+        "iterative_kmq",
+        "deita",
+        "qdit",
+        "full",
+    }
     assert len(by_arm["random"]) == 9  # 3 budgets x 3 seeds
     rows = {b: n for p in plans if p.mode != "full" for b, n in p.rows_at.items()}
     assert rows == {0.02: 424, 0.05: 1060, 0.08: 1696}
     for p in plans:
         if p.mode == "oneshot":
-            assert p.selection["rounds"] == 1 and p.selection["seed_size"] + p.selection["per_round"] == p.rows_at[next(iter(p.rows_at))]
+            assert (
+                p.selection["rounds"] == 1
+                and p.selection["seed_size"] + p.selection["per_round"] == p.rows_at[next(iter(p.rows_at))]
+            )
         if p.mode == "iterative":
             s = p.selection
             for b, k in p.round_at.items():
@@ -125,7 +149,9 @@ def test_a_win_must_exceed_the_random_spread():
     assert verdict("t0_exact", stats([0.30]), stats([0.40])) == "n/a"  # one random seed: no spread, no verdict
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "pools" / "t0_train_50k.jsonl.xz").is_file(), reason="../shared/data is not here")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "pools" / "t0_train_50k.jsonl.xz").is_file(), reason="../shared/data is not here"
+)
 def test_full_pool_is_large_unequal_and_free_of_heldout_rows(tmp_path):
     from bench.quality.pool import build_pool
 
@@ -150,12 +176,16 @@ def test_report_over_every_mode_from_run_folders(tmp_path):
 
     text = (QUALITY / "smoke.yaml").read_text()
     text = text.replace("budgets: [0.125]", "budgets: [0.125, 0.25]")
-    text = text.replace("  kcenter: {mode: oneshot, selector: {name: kcenter, device: cpu}}",
-                        "  kcenter: {mode: oneshot, selector: {name: kcenter, device: cpu}}\n"
-                        "  kcenter_iter: {mode: iterative, selector: {name: kcenter, device: cpu}}\n"
-                        "  full: {mode: full, selector: {name: full}}")
-    text = text.replace("random: {mode: fixed, selector: {name: random}, seeds: [0, 1]}",
-                        "random: {mode: fixed, selector: {name: random}, seeds: [0, 1, 2]}")
+    text = text.replace(
+        "  kcenter: {mode: oneshot, selector: {name: kcenter, device: cpu}}",
+        "  kcenter: {mode: oneshot, selector: {name: kcenter, device: cpu}}\n"
+        "  kcenter_iter: {mode: iterative, selector: {name: kcenter, device: cpu}}\n"
+        "  full: {mode: full, selector: {name: full}}",
+    )
+    text = text.replace(
+        "random: {mode: fixed, selector: {name: random}, seeds: [0, 1]}",
+        "random: {mode: fixed, selector: {name: random}, seeds: [0, 1, 2]}",
+    )
     config = tmp_path / "every_mode.yaml"  # with --out and `model: tiny`, no path in it is relative
     config.write_text(text)
     out = tmp_path / "out"
@@ -173,9 +203,14 @@ def test_report_over_every_mode_from_run_folders(tmp_path):
             d.mkdir(parents=True)
             (d / "manifest.json").write_text(json.dumps({"indices": list(range(rows))}))
             value = loss[p.arm] + 0.01 * p.seed - 0.001 * rows
-            (d / "eval.json").write_text(json.dumps({
-                "metrics": {"heldout_loss": value},
-                "ours": {"heldout_loss": {"value": value, "per_source": {"alpaca": {"loss": value}}}}}))
+            (d / "eval.json").write_text(
+                json.dumps(
+                    {
+                        "metrics": {"heldout_loss": value},
+                        "ours": {"heldout_loss": {"value": value, "per_source": {"alpaca": {"loss": value}}}},
+                    }
+                )
+            )
             row = {"round": k, "rows": rows, "train_s": 10.0, "embed_s": 2.0, "eval_s": 1.0}
             (d / "done.json").write_text(json.dumps(row))
             summary.append(row)

@@ -20,14 +20,22 @@ import time
 
 import numpy as np
 import pytest
+from fakes import fake_run
 
 from diverse_axolotl.report import write_report
-from fakes import fake_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-pipe",
 )
 TIMEOUT_S = 60.0
 
@@ -67,12 +75,16 @@ class Chromium:
         os.close(to_child_r)
         os.close(from_child_w)
         self.log = tempfile.TemporaryFile()  # Chromium's stderr, shown when it dies (a pipe nobody reads could fill up)
-        shim = (f"import os, sys; os.dup2({child_r}, 3); os.dup2({child_w}, 4); os.close({child_r}); os.close({child_w}); "
-                "os.execv(sys.argv[1], sys.argv[1:])")
+        shim = (
+            f"import os, sys; os.dup2({child_r}, 3); os.dup2({child_w}, 4); os.close({child_r}); os.close({child_w}); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", shim, binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.log,
                 pass_fds=(child_r, child_w),
             )
         finally:
@@ -91,7 +103,9 @@ class Chromium:
         try:
             os.write(self._to_child, json.dumps(msg).encode() + b"\0")
         except BrokenPipeError:
-            raise RuntimeError(f"Chromium is gone (exit {self.proc.poll()}) before {method}\n{self.stderr_tail()}") from None
+            raise RuntimeError(
+                f"Chromium is gone (exit {self.proc.poll()}) before {method}\n{self.stderr_tail()}"
+            ) from None
         reply = self._wait(lambda m: m.get("id") == self._next_id, timeout, method)
         if "error" in reply:
             raise RuntimeError(f"{method}: {reply['error']}")
@@ -120,7 +134,9 @@ class Chromium:
             if ready:
                 chunk = os.read(self._from_child, 1 << 16)
                 if not chunk:
-                    raise RuntimeError(f"Chromium closed the DevTools pipe while waiting for {what}\n{self.stderr_tail()}")
+                    raise RuntimeError(
+                        f"Chromium closed the DevTools pipe while waiting for {what}\n{self.stderr_tail()}"
+                    )
                 self._buffer += chunk
 
     def stderr_tail(self) -> str:
@@ -177,13 +193,19 @@ def browser():
 def report(tmp_path_factory):
     base = tmp_path_factory.mktemp("browser report")  # a space in the path: the page must still load
     rng = np.random.default_rng(0)
-    runs = [fake_run(base / "runs" / "kc0", "kcenter", 0, 0.0, rng), fake_run(base / "runs" / "rand", "random", 0, -0.1, rng)]
+    runs = [
+        fake_run(base / "runs" / "kc0", "kcenter", 0, 0.0, rng),
+        fake_run(base / "runs" / "rand", "random", 0, -0.1, rng),
+    ]
     return write_report(runs, base / "report")
 
 
 def broken_images(state: dict) -> list[str]:
-    return [f"{img['src']} (complete={img['complete']}, naturalWidth={img['naturalWidth']}, shown={img['shown']})"
-            for img in state["images"] if not (img["complete"] and img["naturalWidth"] > 0 and img["shown"])]
+    return [
+        f"{img['src']} (complete={img['complete']}, naturalWidth={img['naturalWidth']}, shown={img['shown']})"
+        for img in state["images"]
+        if not (img["complete"] and img["naturalWidth"] > 0 and img["shown"])
+    ]
 
 
 def test_report_page_loads_its_images_in_chromium(browser, report):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_loop_integration import write_recipe
 
 CLI = str(Path(sys.executable).parent / "diverse-axolotl")
@@ -52,6 +51,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model, pool_file
         ma.pop("timings", None), mb.pop("timings", None)
         assert ma == mb
     for k in range(2):
-        assert np.array_equal(np.load(a / f"round_{k}" / "embeddings.npy"), np.load(b / f"round_{k}" / "embeddings.npy"))
+        assert np.array_equal(
+            np.load(a / f"round_{k}" / "embeddings.npy"), np.load(b / f"round_{k}" / "embeddings.npy")
+        )
     leftovers = [p for p in b.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
     assert leftovers == []

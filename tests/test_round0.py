@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
+from test_loop_integration import write_recipe
 
 from diverse_axolotl.cli import main
 from diverse_axolotl.errors import UserError
@@ -16,7 +16,6 @@ from diverse_axolotl.loop import RunPaths, read_selector_state, save_selector_st
 from diverse_axolotl.recipe import load_recipe
 from diverse_axolotl.selection import get_selector
 from diverse_axolotl.selection.iterative_kmq import cluster_means, update_weights
-from test_loop_integration import write_recipe
 
 
 # -- the recipe option ----------------------------------------------------------------------------------------
@@ -28,7 +27,9 @@ def test_round0_defaults_to_random_and_base_is_a_different_run(tmp_path, tiny_mo
 
 
 def test_a_bad_round0_is_one_line(tmp_path, tiny_model, pool_file):
-    result = CliRunner().invoke(main, ["validate", str(write_recipe(tmp_path, tiny_model, pool_file, {"round0": "trained"}))])
+    result = CliRunner().invoke(
+        main, ["validate", str(write_recipe(tmp_path, tiny_model, pool_file, {"round0": "trained"}))]
+    )
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and "selection.round0" in result.output, result.output
 
@@ -41,7 +42,12 @@ def _manifest_with(paths: RunPaths, k: int, fields: dict) -> None:
 
 def test_the_selector_state_round_trips_through_the_round_files(tmp_path):
     paths = RunPaths(tmp_path)
-    state = {"update": "eq6", "weights": [0.1 / 3, 0.7, 1 - 0.7 - 0.1 / 3], "shift": 0.0, "assignment": np.arange(9) % 3}
+    state = {
+        "update": "eq6",
+        "weights": [0.1 / 3, 0.7, 1 - 0.7 - 0.1 / 3],
+        "shift": 0.0,
+        "assignment": np.arange(9) % 3,
+    }
     _manifest_with(paths, 1, save_selector_state(paths, 1, state))
     back = read_selector_state(paths, 1)
     assert back["weights"] == state["weights"]  # floats survive JSON exactly
@@ -74,8 +80,12 @@ def manifest(run, k) -> dict:
 
 @pytest.mark.slow
 def test_round0_base_is_kcenter_on_the_base_embeddings(tmp_path, tiny_model, pool_file):
-    recipe = write_recipe(tmp_path, tiny_model, pool_file, {"round0": "base", "rounds": 0, "seed_size": 8,
-                                                            "selector": {"name": "kcenter", "device": "cpu"}})
+    recipe = write_recipe(
+        tmp_path,
+        tiny_model,
+        pool_file,
+        {"round0": "base", "rounds": 0, "seed_size": 8, "selector": {"name": "kcenter", "device": "cpu"}},
+    )
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import alpaca_rows
+
 from diverse_axolotl.data import prompt_and_response
 from diverse_axolotl.errors import UserError
 from diverse_axolotl.models import load_model, load_tokenizer
@@ -31,7 +31,7 @@ def manual_token_probs(model, ids: list[int], start: int) -> tuple[torch.Tensor,
 def test_perplexity_is_exp_of_the_masked_lm_loss(model_and_tok):
     model, tok = model_and_tok
     scores = get_scorer("perplexity").score(model, tok, ROWS, "alpaca", max_length=128)
-    for row, got in zip(ROWS, scores):
+    for row, got in zip(ROWS, scores, strict=True):
         ids, start = encode_pair(tok, *prompt_and_response(row, "alpaca"), 128)
         labels = torch.tensor([[-100] * start + ids[start:]])
         with torch.no_grad():
@@ -54,7 +54,7 @@ def test_uncertainty_scores_match_the_token_distributions(model_and_tok):
 def test_ifd_is_the_ratio_of_conditional_to_unconditional_perplexity(model_and_tok):
     model, tok = model_and_tok
     ifd = get_scorer("ifd").score(model, tok, ROWS, "alpaca", max_length=128)
-    for row, got in zip(ROWS, ifd):
+    for row, got in zip(ROWS, ifd, strict=True):
         prompt, response = prompt_and_response(row, "alpaca")
         nll = []
         for p in (prompt, ""):
@@ -85,7 +85,7 @@ def test_reward_gap_is_zero_when_the_gold_answer_is_the_models_own(model_and_tok
     tok.save_pretrained(tmp_path / "rm")
     prompts = [prompt_and_response(r, "alpaca")[0] for r in ROWS[:3]]
     own = greedy_generate(model, tok, prompts, [8] * len(prompts), 128)
-    rows = [{**r, "output": o} for r, o in zip(ROWS[:3], own)]
+    rows = [{**r, "output": o} for r, o in zip(ROWS[:3], own, strict=True)]
     scorer = get_scorer("reward_gap", reward_model=str(tmp_path / "rm"), max_new_tokens=8)
     same = scorer.score(model, tok, rows, "alpaca", max_length=128)
     assert np.allclose(same, 0.0, atol=1e-5)
@@ -99,8 +99,16 @@ def test_reward_gap_without_its_model_fails_before_any_work(tmp_path):
 
 
 def test_scorer_registry_lists_and_rejects():
-    assert {"perplexity", "ifd", "reward_gap", "least_confidence", "margin", "least_confidence_prob", "margin_prob",
-            "entropy"} <= set(available_scorers())
+    assert {
+        "perplexity",
+        "ifd",
+        "reward_gap",
+        "least_confidence",
+        "margin",
+        "least_confidence_prob",
+        "margin_prob",
+        "entropy",
+    } <= set(available_scorers())
     with pytest.raises(UserError, match="did you mean 'perplexity'"):
         get_scorer("perplexty")
     with pytest.raises(UserError, match="no parameter 'batch_tokns'"):

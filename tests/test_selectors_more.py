@@ -21,7 +21,7 @@ def blobs(sizes, d=8, spread=0.3, gap=20.0, seed=0):
     """Well separated Gaussian blobs; returns (X, label per row), rows grouped by blob in order."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((len(sizes), d)) * gap
-    x = np.concatenate([c + spread * rng.standard_normal((s, d)) for c, s in zip(centers, sizes)])
+    x = np.concatenate([c + spread * rng.standard_normal((s, d)) for c, s in zip(centers, sizes, strict=True)])
     return x.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
 
 
@@ -293,7 +293,9 @@ def test_qdit_alpha_one_is_top_quality():
 
 # -- full -----------------------------------------------------------------------------------------------------
 def test_full_returns_all_the_rest():
-    np.testing.assert_array_equal(get_selector("full").select(None, 7, already_selected=[2, 5, 8], n_rows=10), [0, 1, 3, 4, 6, 7, 9])
+    np.testing.assert_array_equal(
+        get_selector("full").select(None, 7, already_selected=[2, 5, 8], n_rows=10), [0, 1, 3, 4, 6, 7, 9]
+    )
     np.testing.assert_array_equal(get_selector("full").select(gaussian(5, 2), 5), np.arange(5))
     with pytest.raises(TypeError, match="n_rows"):  # the pool size is its own argument, never the embeddings
         get_selector("full").select(10, 10)

@@ -29,16 +29,33 @@ SMALL_SUFFIXES = {".json", ".jsonl", ".yaml", ".md", ".png", ".log"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
-    p.add_argument("--config", type=Path, default=None, help=f"benchmark config (default {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
-    p.add_argument("--smoke", action="store_true", help="two arms on a tiny random model (bench/quality/smoke.yaml), a few minutes on CPU")
-    p.add_argument("--arms", default=None, help="comma-separated arms to run (default: all); the report covers every arm found")
+    p.add_argument(
+        "--config", type=Path, default=None, help=f"benchmark config (default {DEFAULT_CONFIG.relative_to(REPO_ROOT)})"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="two arms on a tiny random model (bench/quality/smoke.yaml), a few minutes on CPU",
+    )
+    p.add_argument(
+        "--arms", default=None, help="comma-separated arms to run (default: all); the report covers every arm found"
+    )
     p.add_argument("--budgets", default=None, help="comma-separated budget fractions to run (default: the config's)")
     p.add_argument("--out", type=Path, default=None, help="write RESULTS.md and plots here, run folders under OUT/work")
-    p.add_argument("--work", type=Path, default=None, help="folder for the pool, recipes and run folders (overrides the config)")
-    p.add_argument("--max-minutes", type=float, default=None, help="start no new run after this many minutes (then report)")
+    p.add_argument(
+        "--work", type=Path, default=None, help="folder for the pool, recipes and run folders (overrides the config)"
+    )
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="start no new run after this many minutes (then report)"
+    )
     p.add_argument("--dry-run", action="store_true", help="build the pool and recipes, print the plan, run nothing")
     p.add_argument("--report-only", action="store_true", help="run nothing; aggregate what the run folders hold")
-    p.add_argument("--pack", type=Path, default=None, help="also write a .tar.gz of the work folder's small files (no adapters or embeddings), to carry results back")
+    p.add_argument(
+        "--pack",
+        type=Path,
+        default=None,
+        help="also write a .tar.gz of the work folder's small files (no adapters or embeddings), to carry results back",
+    )
     return p.parse_args(argv)
 
 
@@ -61,10 +78,21 @@ def device_description() -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "diverse_axolotl", "bench"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "diverse_axolotl", "bench"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return (
+            out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -129,8 +157,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     todo = plan_runs(cfg, len(pool_rows), arms, budgets)
     for plan in todo:
         rows = ", ".join(f"{budget_label(b)}={n}" for b, n in plan.rows_at.items())
-        print(f"  plan {plan.key}: {plan.mode}, seed_size {plan.selection['seed_size']}, per_round "
-              f"{plan.selection['per_round']}, rounds {plan.selection['rounds']} ({rows} rows)", flush=True)
+        print(
+            f"  plan {plan.key}: {plan.mode}, seed_size {plan.selection['seed_size']}, per_round "
+            f"{plan.selection['per_round']}, rounds {plan.selection['rounds']} ({rows} rows)",
+            flush=True,
+        )
     status: dict[str, dict] = {}
     if args.dry_run:
         from diverse_axolotl.recipe import load_recipe
@@ -141,8 +172,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if not args.report_only:
         status = execute(todo, recipes, work / "runs", work / "logs", gpu, args.max_minutes)
-    invocation = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command_line(argv, gpu), "device": device,
-                  "runs": status, "seconds": round(time.perf_counter() - t0, 1)}
+    invocation = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command_line(argv, gpu),
+        "device": device,
+        "runs": status,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     with open(work / "invocations.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(invocation) + "\n")
     written = write_results(cfg, every_plan, work, results_dir, pool_rows, meta, status, invocation, model, gpu)
@@ -186,19 +222,36 @@ def pack(work: Path, target: Path) -> None:
     with tarfile.open(target, "w:gz") as tar:
         for path in sorted(work.rglob("*")):
             rel = path.relative_to(work)
-            if path.is_file() and path.suffix in SMALL_SUFFIXES and rel.parts[0] not in ("tiny_model", "data") \
-                    and not any(part.startswith("adapter") or part == "prepared" for part in rel.parts) \
-                    and path.name != "train.jsonl" and path.stat().st_size < 8 << 20:
+            if (
+                path.is_file()
+                and path.suffix in SMALL_SUFFIXES
+                and rel.parts[0] not in ("tiny_model", "data")
+                and not any(part.startswith("adapter") or part == "prepared" for part in rel.parts)
+                and path.name != "train.jsonl"
+                and path.stat().st_size < 8 << 20
+            ):
                 tar.add(path, arcname=str(rel))
 
 
 # ------------------------------------------------------------------------------------------------ RESULTS.md
-def write_results(cfg: QualityConfig, plans, work: Path, results_dir: Path, pool_rows: list[dict], meta: dict,
-                  status: dict, invocation: dict, model: Path, gpu: bool) -> Path:
+def write_results(
+    cfg: QualityConfig,
+    plans,
+    work: Path,
+    results_dir: Path,
+    pool_rows: list[dict],
+    meta: dict,
+    status: dict,
+    invocation: dict,
+    model: Path,
+    gpu: bool,
+) -> Path:
     collected = collect(cfg, plans, work, pool_rows, meta, status)
     records = collected["records"]
     found = sorted({m for r in records for m in r["metrics"]})
-    headline = [m for m in cfg.report_metrics if m in found] or [m for m in found if "/" not in m or m.startswith("da_")]
+    headline = [m for m in cfg.report_metrics if m in found] or [
+        m for m in found if "/" not in m or m.startswith("da_")
+    ]
     per_source = sorted(m for m in found if m.startswith("heldout_loss/"))
     metrics = list(dict.fromkeys(headline + per_source))
     agg = aggregate(records, metrics)
@@ -222,10 +275,14 @@ def write_results(cfg: QualityConfig, plans, work: Path, results_dir: Path, pool
         "",
     ]
     md += _setup_section(cfg, meta, plans, n, model, gpu)
-    md += ["## Results", "",
-           "Each cell: mean ± standard deviation over seeds (n = seeds). Against `random` at the same budget, "
-           "**win** / *loss* means the arm's mean is better / worse than random's mean by more than random's spread "
-           "(max - min over its seeds); (tie) means inside it. `full` trains on every pool row (the ceiling).", ""]
+    md += [
+        "## Results",
+        "",
+        "Each cell: mean ± standard deviation over seeds (n = seeds). Against `random` at the same budget, "
+        "**win** / *loss* means the arm's mean is better / worse than random's mean by more than random's spread "
+        "(max - min over its seeds); (tie) means inside it. `full` trains on every pool row (the ceiling).",
+        "",
+    ]
     cols = [budget_label(b) for b in budgets] + ["100%"]
     for m in headline:
         png = plots / f"metric_{_safe(m)}.png"
@@ -236,44 +293,77 @@ def write_results(cfg: QualityConfig, plans, work: Path, results_dir: Path, pool
             cells.append(cell(agg[(a, 1.0)][m]) if (a, 1.0) in agg else "-")
             if any(c != "-" for c in cells):
                 rows.append([a] + cells)
-        md += [f"### {m} ({'lower' if lower_is_better(m) else 'higher'} is better)", "",
-               f"![{m}](plots/{png.name})", "", table(["arm"] + cols, rows), ""]
+        md += [
+            f"### {m} ({'lower' if lower_is_better(m) else 'higher'} is better)",
+            "",
+            f"![{m}](plots/{png.name})",
+            "",
+            table(["arm"] + cols, rows),
+            "",
+        ]
     if per_source:
         md += ["### Held-out answer loss per source (lower is better)", ""]
-        rows = [[a, budget_label(b)] + [cell(agg[(a, b)][m], 3) for m in per_source]
-                for a in arms for b in [*budgets, 1.0] if (a, b) in agg]
+        rows = [
+            [a, budget_label(b)] + [cell(agg[(a, b)][m], 3) for m in per_source]
+            for a in arms
+            for b in [*budgets, 1.0]
+            if (a, b) in agg
+        ]
         md += [table(["arm", "budget"] + [m.split("/", 1)[1] for m in per_source], rows), ""]
     md += _verdict_summary(agg, arms, budgets, metrics)
     md += _diversity_section(agg, arms, budgets, meta, collected, plots)
     md += _time_section(agg, arms, budgets, plots)
     if collected["missing"]:
-        md += ["## Missing results", "", table(["run", "round", "budget", "status"], [
-            [x["key"], str(x["round"]), budget_label(x["budget"]), x["status"]] for x in collected["missing"]]), ""]
+        md += [
+            "## Missing results",
+            "",
+            table(
+                ["run", "round", "budget", "status"],
+                [[x["key"], str(x["round"]), budget_label(x["budget"]), x["status"]] for x in collected["missing"]],
+            ),
+            "",
+        ]
     reading = results_dir / "READING.md"
     md += ["## Reading", ""]
     if reading.is_file():
         md += [reading.read_text(encoding="utf-8").strip(), ""]
     else:
-        md += ["_Not written yet: after looking at the numbers above, write READING.md beside this file (it is "
-               "copied here on every regeneration): where the papers' claims hold in this setting, where they do not, "
-               "why we think so (checked by an ablation where possible), and how noisy the numbers are._", ""]
-    md += ["## Reproduce", "",
-           f"From the repository root: `{_producing_command(work, invocation)}`. Re-invoking resumes: finished runs are skipped, an "
-           "interrupted one continues at its first missing stage (`diverse-axolotl run` on the same recipe). "
-           "`--arms a,b` runs only some arms, `--max-minutes M` starts no new run after M minutes; the report always "
-           "covers every run folder present. See bench/quality/README.md for the full GPU run split across calls.", ""]
+        md += [
+            "_Not written yet: after looking at the numbers above, write READING.md beside this file (it is "
+            "copied here on every regeneration): where the papers' claims hold in this setting, where they do not, "
+            "why we think so (checked by an ablation where possible), and how noisy the numbers are._",
+            "",
+        ]
+    md += [
+        "## Reproduce",
+        "",
+        f"From the repository root: `{_producing_command(work, invocation)}`. "
+        "Re-invoking resumes: finished runs are skipped, an "
+        "interrupted one continues at its first missing stage (`diverse-axolotl run` on the same recipe). "
+        "`--arms a,b` runs only some arms, `--max-minutes M` starts no new run after M minutes; the report always "
+        "covers every run folder present. See bench/quality/README.md for the full GPU run split across calls.",
+        "",
+    ]
     lines = _invocations(work)
     if lines:
         md += ["Invocations on this work folder:", ""]
-        md += [f"- {x['date']}, {x['seconds']:.0f} s, {x['device'].split(' (')[0]}: `{x['command']}`" for x in lines[-20:]]
+        md += [
+            f"- {x['date']}, {x['seconds']:.0f} s, {x['device'].split(' (')[0]}: `{x['command']}`" for x in lines[-20:]
+        ]
         md.append("")
     out = results_dir / "RESULTS.md"
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
         os.chmod(tmp, 0o644)
-    summary = {"config": _rel(cfg.path), "pool_rows": n, "metrics": metrics, "space": collected["space"],
-               "records": records, "missing": collected["missing"],
-               "aggregate": [{"arm": a, "budget": b, **v} for (a, b), v in agg.items()]}
+    summary = {
+        "config": _rel(cfg.path),
+        "pool_rows": n,
+        "metrics": metrics,
+        "space": collected["space"],
+        "records": records,
+        "missing": collected["missing"],
+        "aggregate": [{"arm": a, "budget": b, **v} for (a, b), v in agg.items()],
+    }
     with atomic_path(results_dir / "results.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=_json_default), encoding="utf-8")
         os.chmod(tmp, 0o644)
@@ -301,7 +391,8 @@ def _command_lines(work: Path, invocation: dict) -> list[str]:
     ran = _producing(work, invocation)
     last = ran[-1]
     lines = [
-        f"- **Date**: run invocation(s) finished " + ", ".join(f"{x['date']} (after {x['seconds'] / 60:.0f} min)" for x in ran[-5:])
+        "- **Date**: run invocation(s) finished "
+        + ", ".join(f"{x['date']} (after {x['seconds'] / 60:.0f} min)" for x in ran[-5:])
         + f"; this report {invocation['date']}",
         f"- **Device**: {last['device']}",
         f"- **Command**: `{last['command']}` (from the repository root)",
@@ -331,17 +422,52 @@ def _safe(text: str) -> str:
 
 
 def _setup_section(cfg: QualityConfig, meta: dict, plans, n: int, model: Path, gpu: bool) -> list[str]:
-    md = ["## Setup", "", f"**Pool**: {n} rows in Alpaca format (`pool.json` in the work folder; each row's source "
-          "and T0 template in `pool_meta.json`). Every row that `heldout_loss` / `t0_exact` evaluates was removed first "
-          "(`HeldoutSpec.excluded_ids()`).", ""]
+    md = [
+        "## Setup",
+        "",
+        f"**Pool**: {n} rows in Alpaca format (`pool.json` in the work folder; each row's source "
+        "and T0 template in `pool_meta.json`). Every row that `heldout_loss` / `t0_exact` evaluates was removed first "
+        "(`HeldoutSpec.excluded_ids()`).",
+        "",
+    ]
     rows = []
     for name, c in meta["sources"].items():
-        rows.append([name, c["file"], str(c["file_rows"]), str(c["heldout_excluded"]), str(c["ineligible"] + c["empty"]),
-                     str(c["rows"]), f"{100 * c['rows'] / max(n, 1):.1f}%", "-" if c["templates"] is None else str(c["templates"])])
-    md += [table(["source", "file", "rows in file", "held out", "dropped (multi-turn/empty)", "in pool", "share", "T0 templates"], rows), ""]
+        rows.append(
+            [
+                name,
+                c["file"],
+                str(c["file_rows"]),
+                str(c["heldout_excluded"]),
+                str(c["ineligible"] + c["empty"]),
+                str(c["rows"]),
+                f"{100 * c['rows'] / max(n, 1):.1f}%",
+                "-" if c["templates"] is None else str(c["templates"]),
+            ]
+        )
+    md += [
+        table(
+            [
+                "source",
+                "file",
+                "rows in file",
+                "held out",
+                "dropped (multi-turn/empty)",
+                "in pool",
+                "share",
+                "T0 templates",
+            ],
+            rows,
+        ),
+        "",
+    ]
     unit = max(1, int(round(cfg.budget_unit * n)))
-    md += [f"**Budgets**: " + ", ".join(f"{budget_label(b)} = {cfg.budget_units(b) * unit} rows" for b in cfg.budgets)
-           + f" (multiples of a unit of {unit} rows = {budget_label(cfg.budget_unit)} of the pool, identical for every arm).", ""]
+    md += [
+        "**Budgets**: "
+        + ", ".join(f"{budget_label(b)} = {cfg.budget_units(b) * unit} rows" for b in cfg.budgets)
+        + f" (multiples of a unit of {unit} rows = {budget_label(cfg.budget_unit)} of the pool,"
+        " identical for every arm).",
+        "",
+    ]
     arm_rows = []
     for name, arm in cfg.arms.items():
         example = next((p for p in plans if p.arm == name), None)
@@ -350,22 +476,46 @@ def _setup_section(cfg: QualityConfig, meta: dict, plans, n: int, model: Path, g
             "fixed": "round 0 only: the budget drawn at random",
             "base": "the selector on the base model's embeddings (no adapter) fills the budget; one training",
             "oneshot": f"{cfg.oneshot_seed_rows} random rows trained once, pool embedded with that adapter, one "
-                       "selection round fills the budget",
-            "iterative": f"{cfg.iterative.seed_units} unit(s) random, then +{cfg.iterative.step_units} unit(s) per round, "
-                         "re-embedding with each round's adapter (retrained from the base)",
+            "selection round fills the budget",
+            "iterative": f"{cfg.iterative.seed_units} unit(s) random, "
+            f"then +{cfg.iterative.step_units} unit(s) per round, "
+            "re-embedding with each round's adapter (retrained from the base)",
             "full": "every pool row",
         }[arm.mode]
-        arm_rows.append([name, arm.mode, f"{arm.selector.get('name')}" + (f" ({sel})" if sel else ""),
-                         arm.scorer.get("name") if arm.scorer else "-", ", ".join(map(str, cfg.arm_seeds(arm))), how,
-                         str(example.last_round + 1) if example else "-"])
-    md += ["**Arms**:", "", table(["arm", "mode", "selector", "scorer", "seeds", "how the subset is made", "trainings per run"], arm_rows), ""]
+        arm_rows.append(
+            [
+                name,
+                arm.mode,
+                f"{arm.selector.get('name')}" + (f" ({sel})" if sel else ""),
+                arm.scorer.get("name") if arm.scorer else "-",
+                ", ".join(map(str, cfg.arm_seeds(arm))),
+                how,
+                str(example.last_round + 1) if example else "-",
+            ]
+        )
+    md += [
+        "**Arms**:",
+        "",
+        table(["arm", "mode", "selector", "scorer", "seeds", "how the subset is made", "trainings per run"], arm_rows),
+        "",
+    ]
     keys = axolotl_keys(cfg, model, gpu)
     keys["base_model"] = _rel(Path(keys["base_model"]))
     ev = {k: v for k, v in cfg.eval.items()}
-    md += ["**Training** (identical for every arm; Axolotl keys as written into each recipe, "
-           f"{'GPU' if gpu else 'CPU'} keys included):", "", "```yaml", _yaml(keys).strip(), "```", "",
-           "**Embedding** (`selection.embedding`): `" + json.dumps(cfg.embedding) + "`. **Evaluation** (`eval:` block, every "
-           "arm): `" + json.dumps(ev) + "`; held-out slice: `" + json.dumps(cfg.heldout) + "`.", ""]
+    md += [
+        "**Training** (identical for every arm; Axolotl keys as written into each recipe, "
+        f"{'GPU' if gpu else 'CPU'} keys included):",
+        "",
+        "```yaml",
+        _yaml(keys).strip(),
+        "```",
+        "",
+        "**Embedding** (`selection.embedding`): `"
+        + json.dumps(cfg.embedding)
+        + "`. **Evaluation** (`eval:` block, every "
+        "arm): `" + json.dumps(ev) + "`; held-out slice: `" + json.dumps(cfg.heldout) + "`.",
+        "",
+    ]
     return md
 
 
@@ -393,25 +543,36 @@ def _verdict_summary(agg, arms, budgets, metrics) -> list[str]:
             wins = [m for m in metrics if e[m]["verdict"] == "win"]
             losses = [m for m in metrics if e[m]["verdict"] == "loss"]
             ties = sum(v == "tie" for v in vs)
-            cells.append(f"{len(wins)} win / {len(losses)} loss / {ties} tie"
-                         + (f"; wins: {', '.join(wins)}" if wins else "") + (f"; losses: {', '.join(losses)}" if losses else ""))
+            cells.append(
+                f"{len(wins)} win / {len(losses)} loss / {ties} tie"
+                + (f"; wins: {', '.join(wins)}" if wins else "")
+                + (f"; losses: {', '.join(losses)}" if losses else "")
+            )
         if any(c != "-" for c in cells):
             rows.append([a] + cells)
     if not rows:
         return []
-    return ["### Verdicts against random at a glance", "",
-            "Over every metric above (headline and per-source). n/a: random has fewer than two seeds at that budget.", "",
-            table(["arm"] + [budget_label(b) for b in budgets], rows), ""]
+    return [
+        "### Verdicts against random at a glance",
+        "",
+        "Over every metric above (headline and per-source). n/a: random has fewer than two seeds at that budget.",
+        "",
+        table(["arm"] + [budget_label(b) for b in budgets], rows),
+        "",
+    ]
 
 
 def _diversity_section(agg, arms, budgets, meta, collected, plots: Path) -> list[str]:
     md = ["## Diversity and coverage of the subsets", ""]
     sources = list(meta["sources"])
     if collected["space"]:
-        md += [f"Diversity measured for every arm in one embedding space: `{collected['space']}/embeddings.npy` "
-               "(base model + the tiny seed adapter). Vendi: cosine kernel, 1..rows; nn distance: mean Euclidean distance "
-               "to the nearest other selected row; coverage radius: largest distance from a pool row to the subset "
-               "(what k-center minimises; lower = better covered). Means over seeds.", ""]
+        md += [
+            f"Diversity measured for every arm in one embedding space: `{collected['space']}/embeddings.npy` "
+            "(base model + the tiny seed adapter). Vendi: cosine kernel, 1..rows; nn distance: mean Euclidean distance "
+            "to the nearest other selected row; coverage radius: largest distance from a pool row to the subset "
+            "(what k-center minimises; lower = better covered). Means over seeds.",
+            "",
+        ]
     else:
         md += ["No saved embeddings yet: diversity not measured.", ""]
     rows = []
@@ -424,36 +585,81 @@ def _diversity_section(agg, arms, budgets, meta, collected, plots: Path) -> list
             share = " · ".join(f"{s} {100 * c['source_share'].get(s, 0):.0f}%" for s in sources) if c else "-"
             tpl = f"{c['templates_covered']:.0f}/{c['templates_in_pool']}" if c and c["templates_in_pool"] else "-"
             d = e["diversity"]
-            rows.append([a, budget_label(b), str(e["rows"]), fmt(d["vendi"], 2), fmt(d["nn_distance"], 3),
-                         fmt(d["coverage"], 3), share, tpl, fmt(e["mean_chars"], 0)])
-    md += [table(["arm", "budget", "rows", "Vendi", "nn distance", "coverage radius", "source mix", "T0 templates covered",
-                  "mean characters per row"], rows), ""]
+            rows.append(
+                [
+                    a,
+                    budget_label(b),
+                    str(e["rows"]),
+                    fmt(d["vendi"], 2),
+                    fmt(d["nn_distance"], 3),
+                    fmt(d["coverage"], 3),
+                    share,
+                    tpl,
+                    fmt(e["mean_chars"], 0),
+                ]
+            )
+    md += [
+        table(
+            [
+                "arm",
+                "budget",
+                "rows",
+                "Vendi",
+                "nn distance",
+                "coverage radius",
+                "source mix",
+                "T0 templates covered",
+                "mean characters per row",
+            ],
+            rows,
+        ),
+        "",
+    ]
     if collected["space"]:
         png = plots / "diversity_vendi.png"
-        plot_bars(agg, arms, budgets, lambda e: e["diversity"]["vendi"], "Vendi score", "subset diversity (Vendi, cosine kernel)", png)
+        plot_bars(
+            agg,
+            arms,
+            budgets,
+            lambda e: e["diversity"]["vendi"],
+            "Vendi score",
+            "subset diversity (Vendi, cosine kernel)",
+            png,
+        )
         md += [f"![Vendi](plots/{png.name})", ""]
     if budgets:
         png = plots / "source_mix.png"
         total = sum(c["rows"] for c in meta["sources"].values()) or 1
-        plot_composition(agg, arms, budgets[-1], sources, png, {s: c["rows"] / total for s, c in meta["sources"].items()})
+        plot_composition(
+            agg, arms, budgets[-1], sources, png, {s: c["rows"] / total for s, c in meta["sources"].items()}
+        )
         md += [f"![source mix](plots/{png.name})", ""]
     return md
 
 
 def _time_section(agg, arms, budgets, plots: Path) -> list[str]:
-    md = ["## Wall time per arm (seconds, mean over seeds)", "",
-          "To produce the model at that budget: training of every round up to it, embedding / scoring / selection "
-          "between rounds; evaluation of that round apart (iterative arms' evaluations of earlier rounds are not "
-          "counted). Timings on a shared machine are indicative only.", ""]
+    md = [
+        "## Wall time per arm (seconds, mean over seeds)",
+        "",
+        "To produce the model at that budget: training of every round up to it, embedding / scoring / selection "
+        "between rounds; evaluation of that round apart (iterative arms' evaluations of earlier rounds are not "
+        "counted). Timings on a shared machine are indicative only.",
+        "",
+    ]
     rows = []
     for a in arms:
         for b in [*budgets, 1.0]:
             e = agg.get((a, b))
             if e:
                 t = e["times"]
-                rows.append([a, budget_label(b)] + [fmt(t[s], 1) for s in ("train_s", "embed_s", "score_s", "select_s", "cost_s", "eval_s")])
+                rows.append(
+                    [a, budget_label(b)]
+                    + [fmt(t[s], 1) for s in ("train_s", "embed_s", "score_s", "select_s", "cost_s", "eval_s")]
+                )
     md += [table(["arm", "budget", "train", "embed", "score", "select", "total (no eval)", "eval"], rows), ""]
     png = plots / "wall_time.png"
-    plot_bars(agg, arms, budgets, lambda e: e["times"]["cost_s"], "seconds", "time to the budget's model (no evaluation)", png)
+    plot_bars(
+        agg, arms, budgets, lambda e: e["times"]["cost_s"], "seconds", "time to the budget's model (no evaluation)", png
+    )
     md += [f"![wall time](plots/{png.name})", ""]
     return md

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,13 +38,14 @@ class Strict(BaseModel):
 
 
 class PoolConfig(Strict):
-    sources: dict[str, Optional[int]] = Field(
+    sources: dict[str, int | None] = Field(
         description="held-out source name (diverse_axolotl.evaluation.SOURCES) -> rows to draw after removing the "
         "held-out rows (null: all of them)"
     )
-    t0_templates: Union[Literal["all", "heldout"], int] = Field(
-        "all", description="T0 rows from every template, from the templates the held-out slice evaluates, or from "
-        "this many seeded templates"
+    t0_templates: Literal["all", "heldout"] | int = Field(
+        "all",
+        description="T0 rows from every template, from the templates the held-out slice evaluates, or from "
+        "this many seeded templates",
     )
     seed: int = Field(0, description="fixes which rows are drawn and the pool's row order")
 
@@ -66,11 +67,14 @@ class PoolConfig(Strict):
 class ArmConfig(Strict):
     mode: Literal["fixed", "base", "oneshot", "iterative", "full"]
     selector: dict[str, Any] = Field(default_factory=lambda: {"name": "random"})
-    scorer: Optional[dict[str, Any]] = None
-    seeds: Optional[list[int]] = Field(None, description="default: the config's `seeds`")
-    label: Optional[str] = Field(None, description="what the tables call the arm (default: its key)")
-    axolotl: dict[str, Any] = Field(default_factory=dict, description="Axolotl keys of this arm only, over the "
-                                    "shared ones (e.g. the full arm's num_epochs when time demands it; say so)")
+    scorer: dict[str, Any] | None = None
+    seeds: list[int] | None = Field(None, description="default: the config's `seeds`")
+    label: str | None = Field(None, description="what the tables call the arm (default: its key)")
+    axolotl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Axolotl keys of this arm only, over the "
+        "shared ones (e.g. the full arm's num_epochs when time demands it; say so)",
+    )
 
 
 class IterativeConfig(Strict):
@@ -83,8 +87,12 @@ class QualityConfig(Strict):
     name: str
     description: str = ""
     model: str = Field(description="base model folder (relative to this file), or `tiny`")
-    data_root: Optional[str] = Field(None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA), or `fixture`")
-    eval_data_dir: Optional[str] = Field(None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)")
+    data_root: str | None = Field(
+        None, description="folder holding pools/ (default: $DIVERSE_AXOLOTL_DATA), or `fixture`"
+    )
+    eval_data_dir: str | None = Field(
+        None, description="data folder of our da_* tasks (default: $DIVERSE_AXOLOTL_EVAL_DATA)"
+    )
     output: str = Field(description="folder for the pool, recipes and run folders (git-ignored)")
     results: str = Field(description="folder for RESULTS.md and the plots")
     pool: PoolConfig

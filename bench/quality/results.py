@@ -61,8 +61,7 @@ def round_times(run_dir: Path, k: int) -> dict[str, float] | None:
     get = lambda j, s: float(rows[j].get(s) or 0.0)  # noqa: E731
     train = sum(get(j, "train_s") for j in range(k + 1))
     selection = {s: sum(get(j, s) for j in range(k)) for s in ("embed_s", "score_s", "select_s")}
-    return {"train_s": train, **selection, "eval_s": get(k, "eval_s"),
-            "cost_s": train + sum(selection.values())}
+    return {"train_s": train, **selection, "eval_s": get(k, "eval_s"), "cost_s": train + sum(selection.values())}
 
 
 def find_space(plans: list[RunPlan], runs_dir: Path) -> tuple[str, Path] | None:
@@ -81,8 +80,14 @@ def find_space(plans: list[RunPlan], runs_dir: Path) -> tuple[str, Path] | None:
     return None
 
 
-def collect(cfg: QualityConfig, plans: list[RunPlan], work: Path, pool_rows: list[dict], meta: dict,
-            status: dict[str, dict] | None = None) -> dict[str, Any]:
+def collect(
+    cfg: QualityConfig,
+    plans: list[RunPlan],
+    work: Path,
+    pool_rows: list[dict],
+    meta: dict,
+    status: dict[str, dict] | None = None,
+) -> dict[str, Any]:
     """Every record the tables need; diversity is cached in <work>/cache/diversity.json."""
     from diverse_axolotl.report import diversity
 
@@ -105,15 +110,28 @@ def collect(cfg: QualityConfig, plans: list[RunPlan], work: Path, pool_rows: lis
             metrics = round_metrics(run_dir, k)
             if metrics is None:
                 if k in by_round:
-                    missing.append({"key": plan.key, "round": k, "budget": by_round[k],
-                                    "status": (status or {}).get(plan.key, {}).get("status", "not run")})
+                    missing.append(
+                        {
+                            "key": plan.key,
+                            "round": k,
+                            "budget": by_round[k],
+                            "status": (status or {}).get(plan.key, {}).get("status", "not run"),
+                        }
+                    )
                 continue
             manifest = _read(run_dir / f"round_{k}" / "manifest.json") or {}
             indices = manifest.get("indices") or []
             rec = {
-                "key": plan.key, "arm": plan.arm, "mode": plan.mode, "seed": plan.seed, "round": k,
-                "budget": by_round.get(k), "rows": len(indices), "fraction": len(indices) / n_pool,
-                "metrics": metrics, "times": round_times(run_dir, k),
+                "key": plan.key,
+                "arm": plan.arm,
+                "mode": plan.mode,
+                "seed": plan.seed,
+                "round": k,
+                "budget": by_round.get(k),
+                "rows": len(indices),
+                "fraction": len(indices) / n_pool,
+                "metrics": metrics,
+                "times": round_times(run_dir, k),
             }
             if indices:
                 rec["composition"] = composition(meta["rows"], indices)
@@ -134,8 +152,13 @@ def stats(values: list[float]) -> dict[str, float]:
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return {"n": 0, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
-    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-            "min": float(v.min()), "max": float(v.max())}
+    return {
+        "n": int(len(v)),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def verdict(metric: str, arm: dict[str, float], random: dict[str, float] | None) -> str:
@@ -163,13 +186,19 @@ def aggregate(records: list[dict], metrics: list[str], random_arm: str = "random
         entry: dict[str, Any] = {"n": len(recs), "rows": recs[0]["rows"], "seeds": sorted(r["seed"] for r in recs)}
         for m in metrics:
             entry[m] = stats([r["metrics"].get(m, float("nan")) for r in recs])
-        entry["times"] = {s: stats([(r["times"] or {}).get(s, float("nan")) for r in recs])["mean"]
-                          for s in ("train_s", "embed_s", "score_s", "select_s", "eval_s", "cost_s")}
+        entry["times"] = {
+            s: stats([(r["times"] or {}).get(s, float("nan")) for r in recs])["mean"]
+            for s in ("train_s", "embed_s", "score_s", "select_s", "eval_s", "cost_s")
+        }
         divs = [r.get("diversity") or {} for r in recs]
-        entry["diversity"] = {d: stats([x.get(d, float("nan")) for x in divs])["mean"] for d in ("vendi", "nn_distance", "coverage")}
+        entry["diversity"] = {
+            d: stats([x.get(d, float("nan")) for x in divs])["mean"] for d in ("vendi", "nn_distance", "coverage")
+        }
         comps = [r["composition"] for r in recs if r.get("composition")]
         if comps:
-            shares = {s: float(np.mean([c["source_share"].get(s, 0.0) for c in comps])) for s in comps[0]["source_share"]}
+            shares = {
+                s: float(np.mean([c["source_share"].get(s, 0.0) for c in comps])) for s in comps[0]["source_share"]
+            }
             entry["composition"] = {
                 "source_share": shares,
                 "sources_covered": float(np.mean([c["sources_covered"] for c in comps])),
@@ -187,8 +216,9 @@ def aggregate(records: list[dict], metrics: list[str], random_arm: str = "random
 
 
 # ---------------------------------------------------------------------------------------------------- plots
-def plot_metric(records: list[dict], arms: list[str], modes: dict[str, str], metric: str, path: Path,
-                random_arm: str = "random") -> None:
+def plot_metric(
+    records: list[dict], arms: list[str], modes: dict[str, str], metric: str, path: Path, random_arm: str = "random"
+) -> None:
     fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     xs_all = sorted({round(100 * r["fraction"], 3) for r in records if r["fraction"] < 1})
@@ -216,8 +246,16 @@ def plot_metric(records: list[dict], arms: list[str], modes: dict[str, str], met
         band = arm == random_arm and len(xs) > 1
         label = arm + (f" (mean ± std of {n} seeds" + (", min-max band)" if band else ")") if n > 1 else "")
         shift = (i - (len(arms) - 1) / 2) * dodge
-        ax.errorbar([x + shift for x in xs], mean, yerr=err, marker="o", color=color, capsize=3, label=label,
-                    linestyle="-" if modes.get(arm) == "iterative" else ":" if len(xs) > 1 else "none")
+        ax.errorbar(
+            [x + shift for x in xs],
+            mean,
+            yerr=err,
+            marker="o",
+            color=color,
+            capsize=3,
+            label=label,
+            linestyle="-" if modes.get(arm) == "iterative" else ":" if len(xs) > 1 else "none",
+        )
     if len(xs_all) == 1:
         ax.set_xlim(0.8 * xs_all[0], 1.2 * xs_all[0])
     ax.set_xlabel("training rows (% of the pool)")
@@ -236,8 +274,13 @@ def plot_bars(agg: dict, arms: list[str], budgets: list[float], value, ylabel: s
     width = 0.8 / max(len(budgets), 1)
     for j, b in enumerate(budgets):
         vals = [value(agg[(a, b)]) if (a, b) in agg else float("nan") for a in arms]
-        ax.bar(np.arange(len(arms)) + j * width, [v if math.isfinite(v) else 0 for v in vals], width,
-               color=f"C{j % 10}", label=budget_label(b))
+        ax.bar(
+            np.arange(len(arms)) + j * width,
+            [v if math.isfinite(v) else 0 for v in vals],
+            width,
+            color=f"C{j % 10}",
+            label=budget_label(b),
+        )
     ax.set_xticks(np.arange(len(arms)) + width * (len(budgets) - 1) / 2)
     ax.set_xticklabels(arms, rotation=20, fontsize=8)
     ax.set_ylabel(ylabel)
@@ -248,8 +291,14 @@ def plot_bars(agg: dict, arms: list[str], budgets: list[float], value, ylabel: s
     save_png(fig, path)
 
 
-def plot_composition(agg: dict, arms: list[str], budget: float, sources: list[str], path: Path,
-                     pool_share: dict[str, float] | None = None) -> None:
+def plot_composition(
+    agg: dict,
+    arms: list[str],
+    budget: float,
+    sources: list[str],
+    path: Path,
+    pool_share: dict[str, float] | None = None,
+) -> None:
     fig = figure()
     ax = fig.add_subplot(1, 1, 1)
     present = [a for a in arms if (a, budget) in agg and agg[(a, budget)].get("composition")]

@@ -12,9 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -56,7 +57,9 @@ def cuda_available() -> bool:
         return False
 
 
-def plan_runs(cfg: QualityConfig, n_pool: int, arms: list[str] | None = None, budgets: list[float] | None = None) -> list[RunPlan]:
+def plan_runs(
+    cfg: QualityConfig, n_pool: int, arms: list[str] | None = None, budgets: list[float] | None = None
+) -> list[RunPlan]:
     """Every run the config asks for (optionally only some arms / budgets), in the config's arm order."""
     unit = max(1, int(round(cfg.budget_unit * n_pool)))
     every = {b: cfg.budget_units(b) * unit for b in cfg.budgets}
@@ -77,7 +80,9 @@ def plan_runs(cfg: QualityConfig, n_pool: int, arms: list[str] | None = None, bu
     return plans
 
 
-def _arm_plans(cfg: QualityConfig, name: str, arm: ArmConfig, seed: int, rows: dict[float, int], unit: int, n_pool: int) -> list[RunPlan]:
+def _arm_plans(
+    cfg: QualityConfig, name: str, arm: ArmConfig, seed: int, rows: dict[float, int], unit: int, n_pool: int
+) -> list[RunPlan]:
     base = {"selector": dict(arm.selector), "seed": seed}
     if arm.scorer:
         base["scorer"] = dict(arm.scorer)
@@ -113,8 +118,16 @@ def axolotl_keys(cfg: QualityConfig, model: Path, gpu: bool) -> dict[str, Any]:
     return {"base_model": str(model), **cfg.axolotl, **(cfg.gpu_axolotl if gpu else cfg.cpu_axolotl)}
 
 
-def recipe_for(plan: RunPlan, cfg: QualityConfig, pool_file: Path, model: Path, runs_dir: Path, heldout: dict,
-               gpu: bool, eval_data_dir: Path | None) -> dict[str, Any]:
+def recipe_for(
+    plan: RunPlan,
+    cfg: QualityConfig,
+    pool_file: Path,
+    model: Path,
+    runs_dir: Path,
+    heldout: dict,
+    gpu: bool,
+    eval_data_dir: Path | None,
+) -> dict[str, Any]:
     selection = {
         "pool": {"path": str(pool_file), "format": "alpaca"},
         **plan.selection,
@@ -129,7 +142,9 @@ def recipe_for(plan: RunPlan, cfg: QualityConfig, pool_file: Path, model: Path, 
 
 
 def write_recipe(path: Path, recipe: dict[str, Any]) -> None:
-    text = f"# written by bench/quality (do not edit: re-running the benchmark rewrites it)\n" + yaml.safe_dump(recipe, sort_keys=False)
+    text = "# written by bench/quality (do not edit: re-running the benchmark rewrites it)\n" + yaml.safe_dump(
+        recipe, sort_keys=False
+    )
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     with atomic_path(path) as tmp:
@@ -161,21 +176,31 @@ def run_cli(recipe_file: Path, log_file: Path, omp_threads: str | None) -> tuple
         fh.flush()
         proc = subprocess.run(
             [sys.executable, "-m", "diverse_axolotl.cli", "run", str(recipe_file)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO_ROOT),
         )
     return proc.returncode, time.perf_counter() - start
 
 
 def last_lines(path: Path, n: int = 3) -> str:
     try:
-        lines = [l for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
     return " | ".join(lines[-n:])
 
 
-def execute(plans: list[RunPlan], recipes: dict[str, Path], runs_dir: Path, logs_dir: Path, gpu: bool,
-            max_minutes: float | None, log: Callable[[str], None] = print) -> dict[str, dict]:
+def execute(
+    plans: list[RunPlan],
+    recipes: dict[str, Path],
+    runs_dir: Path,
+    logs_dir: Path,
+    gpu: bool,
+    max_minutes: float | None,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
     """Run (or resume, or skip) every plan; returns key -> {status, seconds, log}."""
     status: dict[str, dict] = {}
     started = time.perf_counter()
@@ -194,6 +219,10 @@ def execute(plans: list[RunPlan], recipes: dict[str, Path], runs_dir: Path, logs
         log(f"{where}: running diverse-axolotl run (log: {log_file})")
         code, seconds = run_cli(recipe, log_file, None if gpu else "1")
         ok = code == 0
-        status[plan.key] = {"status": "ran" if ok else f"failed (exit {code})", "seconds": round(seconds, 1), "log": str(log_file)}
+        status[plan.key] = {
+            "status": "ran" if ok else f"failed (exit {code})",
+            "seconds": round(seconds, 1),
+            "log": str(log_file),
+        }
         log(f"{where}: {'done' if ok else 'FAILED'} in {seconds:.0f} s" + ("" if ok else f": {last_lines(log_file)}"))
     return status

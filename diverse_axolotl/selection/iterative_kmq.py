@@ -23,7 +23,7 @@ One round here, `select_with_state(embeddings, budget, already_selected, scores,
      equal). An exponential-weights rule that ignores the scores' offset and unit. Not the paper's.
    * `softmax`: w_c <- (1 - mix) * w_c + mix * W * softmax(z / temperature)_c, W the updated clusters' total
      weight. Not the paper's.
-4. Draw exactly `budget` new rows: per-cluster quotas proportional to the weights (`kmq.proportional_quotas`:
+4. Draw exactly `budget` new rows: per-cluster quotas proportional to the weights (`quotas.proportional_quotas`:
    capped at each cluster's unselected rows, the rest handed to the others), uniformly at random inside each
    cluster (Gumbel keys from `seed`). Picks come round-robin over the clusters.
 
@@ -51,7 +51,7 @@ reproduced here:
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -78,7 +78,9 @@ class IterativeKMQParams(KMeansKnobs):
     )
     eta: float = Field(1.0, ge=0, description="multiplicative update: step size (0: weights never move)")
     temperature: float = Field(1.0, gt=0, description="softmax update: temperature over the normalised cluster scores")
-    mix: float = Field(0.5, ge=0, le=1, description="softmax update: weight of the softmax term against the previous weights")
+    mix: float = Field(
+        0.5, ge=0, le=1, description="softmax update: weight of the softmax term against the previous weights"
+    )
 
 
 # -- pure pieces ----------------------------------------------------------------------------------------------
@@ -100,7 +102,12 @@ def _minmax(s: np.ndarray) -> np.ndarray:
 
 
 def update_weights(
-    weights, means, update: str = "eq6", epsilon: float = 1e-3, eta: float = 1.0, temperature: float = 1.0,
+    weights,
+    means,
+    update: str = "eq6",
+    epsilon: float = 1e-3,
+    eta: float = 1.0,
+    temperature: float = 1.0,
     mix: float = 0.5,
 ) -> tuple[np.ndarray, float]:
     """One update of the cluster weights from the cluster means (NaN: no evidence, weight kept). -> (weights, shift).
@@ -131,8 +138,15 @@ def update_weights(
 
 
 def cluster_weights(
-    assignment: np.ndarray, k: int, trained: np.ndarray, scores, update: str = "eq6", eta: float = 1.0,
-    temperature: float = 1.0, mix: float = 0.5, epsilon: float = 1e-3,
+    assignment: np.ndarray,
+    k: int,
+    trained: np.ndarray,
+    scores,
+    update: str = "eq6",
+    eta: float = 1.0,
+    temperature: float = 1.0,
+    mix: float = 0.5,
+    epsilon: float = 1e-3,
 ) -> np.ndarray:
     """Normalised weights after one update of the size prior (what the first round after the clustering uses)."""
     sizes = np.bincount(assignment, minlength=k).astype(np.float64)
@@ -178,7 +192,7 @@ class IterativeKMQSelector(Selector):
     default_scorer = "perplexity"
 
     def select_with_state(
-        self, embeddings, budget: int, already_selected=(), scores=None, seed: int = 0, state: Optional[dict] = None
+        self, embeddings, budget: int, already_selected=(), scores=None, seed: int = 0, state: dict | None = None
     ) -> tuple[np.ndarray, dict]:
         """(picks, new state): one round of Algorithm 1 from `state` (None: cluster `embeddings` first)."""
         emb = check_embeddings(embeddings)

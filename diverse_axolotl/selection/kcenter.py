@@ -22,7 +22,7 @@ longest rows), both off by default:
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class KCenterParams(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="storage of the embeddings on the device (auto: bfloat16 on cuda, float32 on cpu)"
     )
-    project_dim: Optional[int] = Field(None, gt=0, description="project embeddings to this many dims first (off)")
+    project_dim: int | None = Field(None, gt=0, description="project embeddings to this many dims first (off)")
     projection: Literal["random", "pca"] = Field("random", description="how to project when project_dim is set")
     chunk_rows: int = Field(262144, gt=0, description="rows per chunk of the distance update")
     normalize: bool = Field(False, description="scale the centred rows to unit length (cosine k-center)")
@@ -126,8 +126,16 @@ class RowShard:
     """Rows [offset, offset + n) of the pool on one device, minus `center`, with each row's squared distance to
     its nearest selected row (the only O(N) state k-center needs). One process holds one shard, or the whole pool."""
 
-    def __init__(self, emb, offset: int, device: torch.device, dtype: torch.dtype, chunk_rows: int, center=None,
-                 normalize: bool = False):
+    def __init__(
+        self,
+        emb,
+        offset: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        chunk_rows: int,
+        center=None,
+        normalize: bool = False,
+    ):
         n = len(emb)
         self.offset, self.n, self.device, self.dtype = offset, n, device, dtype
         center = np.zeros(emb.shape[1]) if center is None else np.asarray(center, dtype=np.float64)
@@ -239,8 +247,9 @@ def farthest_first_distributed(
 
     total = torch.from_numpy(column_sum_f64(shard_emb)).to(device)
     dist.all_reduce(total, group=group)
-    shard = RowShard(shard_emb, offset, device, dtype, chunk_rows, center=total.cpu().numpy() / n_total,
-                     normalize=normalize)
+    shard = RowShard(
+        shard_emb, offset, device, dtype, chunk_rows, center=total.cpu().numpy() / n_total, normalize=normalize
+    )
     world = dist.get_world_size(group)
 
     def share_rows(ids: torch.Tensor) -> torch.Tensor:
@@ -291,7 +300,11 @@ class KCenterSelector(Selector):
     def _select(self, embeddings, budget, already_selected, scores, seed):
         p = self.params
         device = resolve_device(p.device)
-        dtype = torch.bfloat16 if (p.dtype == "bfloat16" or (p.dtype == "auto" and device.type == "cuda")) else torch.float32
+        dtype = (
+            torch.bfloat16
+            if (p.dtype == "bfloat16" or (p.dtype == "auto" and device.type == "cuda"))
+            else torch.float32
+        )
         emb = project(embeddings, p.project_dim, p.projection, seed) if p.project_dim else embeddings
         never = None
         if p.outlier_fraction > 0:

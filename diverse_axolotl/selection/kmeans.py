@@ -12,13 +12,13 @@ Selectors built on it:
   its next nearest unused row.
 * `kmeans_random`: `n_clusters` clusters (default: the budget) over the rows not yet selected, then uniform random
   rows inside each cluster, with per-cluster quotas proportional to cluster size (largest-remainder rounding,
-  `kmq.proportional_quotas`, no cluster capped since every cluster is all unselected rows). Picks come round-robin over the clusters (every cluster's first pick, then every
-  cluster's second, ...).
+  `quotas.proportional_quotas`, no cluster capped since every cluster is all unselected rows). Picks come
+  round-robin over the clusters (every cluster's first pick, then every cluster's second, ...).
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -99,7 +99,9 @@ def kmeans(
         else:
             cap = k * int(max_points_per_centroid)
             train = x if n <= cap else x[np.sort(rng.choice(n, size=cap, replace=False))]
-            result = _faiss_kmeans(x, k, seed + redo, niter, max_points_per_centroid, train, kmeans_plus_plus(train, k, rng))
+            result = _faiss_kmeans(
+                x, k, seed + redo, niter, max_points_per_centroid, train, kmeans_plus_plus(train, k, rng)
+            )
         if best is None or result.objective < best.objective:
             best = result
     return best
@@ -140,7 +142,12 @@ def squared_error(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray, 
 
 def kmeans_info(k: int, objective: float, knobs) -> dict:
     """What a selector records about its clustering (for the round's manifest)."""
-    return {"k": int(k), "objective": float(objective), "init": getattr(knobs, "init", "kmeans++"), "nredo": knobs.nredo}
+    return {
+        "k": int(k),
+        "objective": float(objective),
+        "init": getattr(knobs, "init", "kmeans++"),
+        "nredo": knobs.nredo,
+    }
 
 
 def available_rows(n: int, already_selected: np.ndarray) -> np.ndarray:
@@ -167,7 +174,7 @@ class KMeansClosestParams(KMeansKnobs):
 
 
 class KMeansRandomParams(KMeansKnobs):
-    n_clusters: Optional[int] = Field(None, gt=0, description="number of clusters (default: the budget)")
+    n_clusters: int | None = Field(None, gt=0, description="number of clusters (default: the budget)")
 
 
 def nearest_unused(index_data: np.ndarray, centroids: np.ndarray, neighbours: int = 8) -> np.ndarray:
@@ -195,7 +202,9 @@ def nearest_unused(index_data: np.ndarray, centroids: np.ndarray, neighbours: in
 @register
 class KMeansClosestSelector(Selector):
     name = "kmeans_closest"
-    description = "k-means with k = budget on the unselected rows; the row nearest each centroid (largest clusters first)"
+    description = (
+        "k-means with k = budget on the unselected rows; the row nearest each centroid (largest clusters first)"
+    )
     Params = KMeansClosestParams
 
     def _select(self, embeddings, budget, already_selected, scores, seed):

@@ -17,7 +17,7 @@ Picks come round-robin over the clusters: every cluster's first draw (by cluster
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[
     return best[0], best[1].assignment, scores, best[1].objective
 
 
-def cluster_pool(emb, seed: int, p, info: Optional[dict] = None) -> tuple[int, np.ndarray]:
+def cluster_pool(emb, seed: int, p, info: dict | None = None) -> tuple[int, np.ndarray]:
     """k and the k-means assignment of every pool row, with k from `n_clusters` or chosen among `k_candidates`.
     When `info` is a dict, the k-means objective (and the silhouettes, when k was chosen) are written into it."""
     x = np.ascontiguousarray(emb, dtype=np.float32)
@@ -94,8 +94,10 @@ def cluster_pool(emb, seed: int, p, info: Optional[dict] = None) -> tuple[int, n
 # -- the selector ---------------------------------------------------------------------------------------------
 class KMQParams(KMeansKnobs):
     n_clusters: int = Field(64, gt=0, description="number of k-means clusters (capped at the pool size)")
-    k_candidates: Optional[list[Annotated[int, Field(ge=2)]]] = Field(
-        None, min_length=1, description="if set, try each k (>= 2) and keep the best by silhouette (overrides n_clusters)"
+    k_candidates: list[Annotated[int, Field(ge=2)]] | None = Field(
+        None,
+        min_length=1,
+        description="if set, try each k (>= 2) and keep the best by silhouette (overrides n_clusters)",
     )
     silhouette_sample: int = Field(2000, ge=10, description="rows sampled to compute silhouettes for k_candidates")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of the scores inside a cluster")

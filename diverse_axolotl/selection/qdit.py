@@ -2,9 +2,9 @@
 
     f(S) = (1 - alpha) * sum_i max_{j in S} sim(i, j)  +  alpha * sum_{j in S} quality(j)
 
-with sim(i, j) = (cos(i, j) + 1) / 2 in [0, 1] between non-zero rows and quality = the scores min-max normalised to [0, 1] (all 0 without
-scores, or when they are all equal). i runs over every pool row, or over a seeded random subsample of
-`sample_rows` rows to bound the cost on large pools. The already selected rows start in S; the max over an
+with sim(i, j) = (cos(i, j) + 1) / 2 in [0, 1] between non-zero rows and quality = the scores min-max normalised
+to [0, 1] (all 0 without scores, or when they are all equal). i runs over every pool row, or over a seeded random
+subsample of `sample_rows` rows to bound the cost on large pools. The already selected rows start in S; the max over an
 empty S is 0. Each pick is the row with the largest marginal gain (ties: lowest row id). An all-zero row has no
 direction: it has similarity 1 to every all-zero row (itself included) and 0, the bottom of the scale, to every
 non-zero row, so one zero row covers all of them and nothing else covers them. `similarity_vectors` builds
@@ -22,7 +22,7 @@ it only ever raises coverage, so in floating point as in exact arithmetic a stal
 from __future__ import annotations
 
 import heapq
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class QDITParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of quality against facility-location diversity")
     lazy: bool = Field(True, description="lazy greedy (same picks as plain greedy, far fewer gain evaluations)")
-    sample_rows: Optional[int] = Field(
+    sample_rows: int | None = Field(
         None, gt=0, description="measure coverage on this many seeded random rows instead of the whole pool"
     )
     block_rows: int = Field(64, gt=0, description="candidates whose gains are computed together")
