@@ -146,6 +146,16 @@ def on_rank0(fn: Callable[..., T], *args, broadcast: bool = False, **kwargs) -> 
     return result
 
 
+def agreed(fn: Callable[..., T], *args, **kwargs) -> T:
+    """Rank 0's answer to a question about the run folder (is this file there?), on every rank.
+
+    Every branch that decides whether the ranks meet in a collective must be taken alike on all of them. Each
+    rank looking at the folder itself is a race: rank 0 may write the file (alone, before the barrier that ends
+    its write) while a slower rank has not looked yet, and the two then take different branches and deadlock.
+    `fn` must not itself use collectives."""
+    return on_rank0(fn, *args, broadcast=True, **kwargs)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s python object on every rank (pickled)."""
     if not is_initialized() or world_size() == 1:

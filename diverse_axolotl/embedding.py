@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .faults import failpoint
 from .inference import padded_batch, token_budget_batches
 from .models import decoder_body
 from .progress import progress_bar
@@ -169,12 +170,19 @@ def embed_rows_distributed(
             lambda: np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden)).flush()
         )
         rows = _RowFile(out)
+
+        def write(batch, values):
+            rows.write(mine[batch], values)
+            failpoint(f"embedding:rank{distributed.rank()}")  # tests: one rank lost mid-embedding
+
         try:
-            embed_batches(model, ids, *args, lambda batch, values: rows.write(mine[batch], values), desc)
+            embed_batches(model, ids, *args, write, desc)
         finally:
             rows.close()
-        distributed.barrier()
-        return np.load(out, mmap_mode="r")
+        distributed.barrier()  # every row written
+        emb = np.load(out, mmap_mode="r")
+        distributed.barrier()  # every rank has it open: the caller's rank 0 may now rename or replace the file
+        return emb
     local = np.empty((len(mine), hidden), dtype=np.float32)
 
     def keep(batch, values):

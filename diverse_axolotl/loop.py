@@ -16,6 +16,7 @@ from typing import Any
 
 from . import progress  # noqa: F401  (binds the progress console to the terminal before Axolotl redirects output)
 from .data import clean_pool, write_json
+from .distributed import agreed, on_rank0
 from .environment import versions
 from .errors import UserError
 from .faults import FAILPOINT_ENV, PAUSE_ENV, PAUSE_MARKER_ENV, failpoint, pause_point  # noqa: F401  (re-exported)
@@ -209,8 +210,8 @@ class Loop:
         picker.seed_round()
         for k in range(self.sel.rounds + 1):
             earlier = {}
-            if self.paths.done(k).is_file():
-                missing = self.missing_artefacts(k)
+            if agreed(self.paths.done(k).is_file):  # rank 0's view of the folder decides for every rank
+                missing = agreed(self.missing_artefacts, k)
                 if not missing:
                     summary.append(json.loads(self.paths.done(k).read_text()))
                     self.log(f"round {k}: finished earlier, reusing it")
@@ -219,17 +220,17 @@ class Loop:
                 earlier = json.loads(self.paths.done(k).read_text())
             pause_point(f"round:{k}")
             t = time.perf_counter()
-            restore_train_file(self.paths, k, self.rows)
+            on_rank0(restore_train_file, self.paths, k, self.rows)  # under torchrun rank 0 writes, all wait
             trained = stages.train(k)
             row = {**earlier, "round": k, "rows": len(read_manifest(self.paths, k)[0]), **trained, "train_s": trained["seconds"]}
             row.pop("seconds")
-            if k < self.sel.rounds and not self.paths.manifest(k + 1).is_file():
+            if k < self.sel.rounds and not agreed(self.paths.manifest(k + 1).is_file):
                 row.update({key: round(v, 2) for key, v in picker.select_next(k).items()})
             elif k < self.sel.rounds:
                 stages.restore_stage_outputs(k)
             row.update(stages.evaluate(k))
             row["round_s"] = round(time.perf_counter() - t, 2) if not earlier else earlier.get("round_s")
-            write_json(self.paths.done(k), row)
+            on_rank0(write_json, self.paths.done(k), row)
             summary.append(row)
-        write_json(self.paths.summary, summary)
+        on_rank0(write_json, self.paths.summary, summary)
         return summary

@@ -139,9 +139,11 @@ def dtype_name(dtype: str, device: str = "auto") -> str:
 
 @contextlib.contextmanager
 def all_cpu_threads():
-    """Use every available core for inference on CPU (embedding, scoring, evaluation)."""
+    """Use every available core for inference on CPU (embedding, scoring, evaluation); under torchrun the
+    processes on one machine share its cores (LOCAL_WORLD_SIZE), rather than each taking all of them."""
     before = torch.get_num_threads()
-    torch.set_num_threads(available_cores())
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    torch.set_num_threads(max(1, available_cores() // max(local_world, 1)))
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from .distributed import agreed, on_rank0, world_size
 from .models import all_cpu_threads
 from .run_paths import read_manifest, read_selector_state, save_selector_state, write_round_files
 from .selection import get_selector
@@ -36,16 +37,20 @@ class RoundPicker:
 
     def seed_round(self) -> None:
         """Round 0's rows: `seed_size` random rows, or with `round0: base` the selector's picks on the base model."""
-        if self.paths.manifest(0).is_file():
+        if agreed(self.paths.manifest(0).is_file):
             return
         if self.sel.round0 == "base":
             self.seed_from_base()
             return
         rows, file_rows = self.stages.rows, self.stages.file_rows
         picks = get_selector("random").select(None, self.sel.seed_size, seed=self.sel.seed, n_rows=len(rows))
-        info = {"selector": {"name": "random", "params": {}}, "seed": self.sel.seed, "recipe_hash": self.recipe.hash,
-                "file_rows": [file_rows[i] for i in picks]}
-        write_round_files(self.paths, 0, rows, picks, np.zeros(len(picks), dtype=np.int64), info)
+        info = {
+            "selector": {"name": "random", "params": {}},
+            "seed": self.sel.seed,
+            "recipe_hash": self.recipe.hash,
+            "file_rows": [file_rows[i] for i in picks],
+        }
+        on_rank0(write_round_files, self.paths, 0, rows, picks, np.zeros(len(picks), dtype=np.int64), info)
 
     def seed_from_base(self) -> None:
         """Round 0 chosen by the recipe's selector on the base model's embeddings: no adapter, nothing trained
@@ -55,7 +60,7 @@ class RoundPicker:
         n = len(st.rows)
         wants_scores = st.scorer_name is not None and sel.scores in ("required", "optional")
         need_model = (sel.needs_embeddings and not st.embed_from_cache(0, base=True)) or (
-            wants_scores and not self.paths.base_scores().is_file()
+            wants_scores and not agreed(self.paths.base_scores().is_file)
         )
         model = st.model(None) if need_model else None
         self.paths.round_dir(0).mkdir(parents=True, exist_ok=True)
@@ -79,15 +84,24 @@ class RoundPicker:
             "timings": {key: round(v, 3) for key, v in timings.items()},
             "file_rows": [st.file_rows[i] for i in picks],
         }
-        if state is not None:
-            info["selector_state"] = save_selector_state(self.paths, 0, state)
-        write_round_files(self.paths, 0, st.rows, picks, np.zeros(len(picks), dtype=np.int64), info)
+        on_rank0(self._write_round, 0, picks, np.zeros(len(picks), dtype=np.int64), info, state)
         self.log(f"round 0: {len(picks)} rows chosen by {sel.name} on the base model (no adapter, nothing trained)")
+
+    def _write_round(self, k: int, picks, entered, info: dict, state) -> None:
+        """Round k's files (training rows, manifest, the selector's state): one rank writes them (`on_rank0`)."""
+        if state is not None:
+            info["selector_state"] = save_selector_state(self.paths, k, state)
+        write_round_files(self.paths, k, self.stages.rows, picks, entered, info)
 
     def _select(self, emb, budget: int, selected: np.ndarray, scores, seed: int, state):
         """(picks, new state): a selector that keeps state between rounds (`select_with_state`) gets the previous
         round's and returns its next; any other selector is called plainly and returns no state. `emb` is None
-        for a selector that needs no embeddings: it gets the pool size instead."""
+        for a selector that needs no embeddings: it gets the pool size instead. Under torchrun the same picks
+        reach every rank (`selection.sharded`: k-center sharded, other selectors on rank 0)."""
+        if world_size() > 1:
+            from .selection.sharded import select_across_ranks
+
+            return select_across_ranks(self.selector, emb, budget, selected, scores, seed, state, len(self.stages.rows))
         with_state = getattr(self.selector, "select_with_state", None)
         if with_state is None:
             n_rows = len(self.stages.rows) if emb is None else None
@@ -121,7 +135,5 @@ class RoundPicker:
             "timings": {key: round(v, 3) for key, v in timings.items()},
             "file_rows": [st.file_rows[i] for i in picks],
         }
-        if state is not None:
-            info["selector_state"] = save_selector_state(self.paths, k + 1, state)
-        write_round_files(self.paths, k + 1, st.rows, picks, entered, info)
+        on_rank0(self._write_round, k + 1, picks, entered, info, state)
         return timings

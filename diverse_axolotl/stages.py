@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .data import save_npy, write_json
+from .distributed import agreed, on_rank0
 from .faults import failpoint, pause_point
 from .models import all_cpu_threads
 from .recipe import Recipe
@@ -23,8 +25,16 @@ from .run_paths import RunPaths, read_manifest
 class RoundStages:
     """Train, embed, score and evaluate for any round k of one run (the pool rows are fixed for the run)."""
 
-    def __init__(self, recipe: Recipe, paths: RunPaths, rows: list[dict], file_rows: list[int], selector, heldout,
-                 log: Callable[[str], Any] = print):
+    def __init__(
+        self,
+        recipe: Recipe,
+        paths: RunPaths,
+        rows: list[dict],
+        file_rows: list[int],
+        selector,
+        heldout,
+        log: Callable[[str], Any] = print,
+    ):
         self.recipe = recipe
         self.sel = recipe.selection
         self.paths = paths
@@ -58,7 +68,7 @@ class RoundStages:
 
         adapter = self.paths.adapter(k)
         done_marker = adapter / "train_result.json"
-        if self.paths.adapter_complete(k):
+        if agreed(self.paths.adapter_complete, k):
             return json.loads(done_marker.read_text())
         previous = None if (self.sel.retrain_from_base or k == 0) else self.paths.adapter(k - 1)
         cfg = axolotl_config(
@@ -73,12 +83,23 @@ class RoundStages:
         rows = sum(1 for _ in open(self.paths.train_file(k)))
         self.log(f"round {k}: training on {rows} rows with Axolotl (log: {self.paths.train_log(k)})")
         result = train_round(
-            cfg, self.paths.round_dir(k), on_trained=lambda: (failpoint(f"train:{k}"), pause_point(f"train:{k}")), description=f"round {k}: training"
+            cfg,
+            self.paths.round_dir(k),
+            on_trained=lambda: (failpoint(f"train:{k}"), pause_point(f"train:{k}")),
+            description=f"round {k}: training",
         )
-        shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
-        info = {"train_loss": result.train_loss, "steps": result.steps, "seconds": round(result.seconds, 2),
-                "truncated_rows": self._rows_over_sequence_len(k, result.sequence_len)}
-        write_json(done_marker, info)
+        info = {
+            "train_loss": result.train_loss,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 2),
+            "truncated_rows": self._rows_over_sequence_len(k, result.sequence_len),
+        }
+
+        def record() -> None:  # one rank writes the round's files (all of them wait: on_rank0 ends in a barrier)
+            shutil.rmtree(self.paths.round_dir(k) / "prepared", ignore_errors=True)
+            write_json(done_marker, info)
+
+        on_rank0(record)
         return info
 
     def _rows_over_sequence_len(self, k: int, limit: int | None) -> int:
@@ -101,8 +122,10 @@ class RoundStages:
 
         self._dtype_noted = True
         spec = self.sel.embedding
-        self.log(f"embedding and scoring in {dtype_name(spec.dtype, spec.device)} on {resolve_device(spec.device)}"
-                 f" (selection.embedding.dtype: {spec.dtype}; float32 and bfloat16 can be asked for)")
+        self.log(
+            f"embedding and scoring in {dtype_name(spec.dtype, spec.device)} on {resolve_device(spec.device)}"
+            f" (selection.embedding.dtype: {spec.dtype}; float32 and bfloat16 can be asked for)"
+        )
 
     def model(self, k: int | None):
         """Base model + round k's adapter (k None: the base model alone), for embedding and scoring."""
@@ -131,7 +154,11 @@ class RoundStages:
 
     def embed_from_cache(self, k: int, base: bool = False) -> bool:
         """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any.
-        `base`: the base model's, without adapter (round 0 with `round0: base`)."""
+        `base`: the base model's, without adapter (round 0 with `round0: base`). Under torchrun rank 0 looks
+        and links; every rank gets its answer."""
+        return agreed(self._embed_from_cache, k, base)
+
+    def _embed_from_cache(self, k: int, base: bool) -> bool:
         from .embedding import cache_fetch
 
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
@@ -152,14 +179,19 @@ class RoundStages:
         texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer)
         partial = path.with_name(f".{path.stem}.partial.npy")
         desc = f"round {k}: embedding" + (" with the base model" if base else "")
+        # under torchrun every rank embeds its shard into the one partial file (embedding.embed_rows_distributed)
         emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=desc)
-        check_finite(emb, f"round {k}")
         del emb
-        failpoint("embed:base" if base else f"embed:{k}")
-        partial.replace(path)
         key = self._cache_key(k, base)
-        if key:
-            cache_store(self._cache_dir, key, path)
+
+        def publish() -> None:
+            check_finite(np.load(partial, mmap_mode="r"), f"round {k}")
+            failpoint("embed:base" if base else f"embed:{k}")
+            partial.replace(path)
+            if key:
+                cache_store(self._cache_dir, key, path)
+
+        on_rank0(publish)
         return np.load(path, mmap_mode="r")
 
     # -- scoring --------------------------------------------------------------------------------------------
@@ -168,23 +200,30 @@ class RoundStages:
         if name is None:
             return None
         from .scoring import get_scorer
+        from .scoring.sharded import score_rows  # data-parallel under torchrun, a plain call otherwise
 
         path = self.paths.base_scores() if base else self.paths.scores(k)
-        if path.is_file():
+        if agreed(path.is_file):
             return np.load(path)
         scorer = self.sel.scorer.build() if self.sel.scorer else get_scorer(name)
         which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
         values = np.zeros(len(self.rows), dtype=np.float64)
-        values[which] = scorer.score(model, self.tokenizer, [self.rows[i] for i in which], self.sel.pool.format,
-                                     max_length=self.sel.embedding.max_length,
-                                     desc=f"round {k}: scoring ({name}{', base model' if base else ''})")
-        save_npy(path, values)
+        values[which] = score_rows(
+            scorer,
+            model,
+            self.tokenizer,
+            [self.rows[i] for i in which],
+            self.sel.pool.format,
+            max_length=self.sel.embedding.max_length,
+            desc=f"round {k}: scoring ({name}{', base model' if base else ''})",
+        )
+        on_rank0(save_npy, path, values)
         return values
 
     def stage_outputs_exist(self, k: int) -> bool:
         """Round k's embeddings and scores (those the selector uses) are in the round folder or the cache."""
         has_emb = not self.selector.needs_embeddings or self.embed_from_cache(k)
-        return has_emb and (self.paths.scores(k).is_file() or self.scorer_name is None)
+        return has_emb and (self.scorer_name is None or agreed(self.paths.scores(k).is_file))
 
     def restore_stage_outputs(self, k: int) -> None:
         """Embeddings or scores lost after the next round was selected are recomputed from round k's adapter,
@@ -210,16 +249,25 @@ class RoundStages:
             return {}
         path = self.paths.eval_file(k)
         t = time.perf_counter()
-        if not path.is_file():
-            from .evaluation import evaluate_spec
-            from .training import note_log_on_error
-
-            self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
-            with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
-                evaluate_spec(
-                    spec, self.recipe.base_model, self.paths.adapter(k), path,
-                    device=spec.device, dtype=spec.dtype,
-                    trust_remote_code=self.trust_remote_code, own=self.heldout,
-                )
+        if not agreed(path.is_file):
+            on_rank0(self._evaluate, k, path)  # lm-eval runs in one process; the other ranks wait for its file
         metrics = json.loads(path.read_text()).get("metrics", {})
         return {"eval_s": round(time.perf_counter() - t, 2), "metrics": metrics}
+
+    def _evaluate(self, k: int, path: Path) -> None:
+        from .evaluation import evaluate_spec
+        from .training import note_log_on_error
+
+        spec = self.recipe.eval
+        self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
+        with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
+            evaluate_spec(
+                spec,
+                self.recipe.base_model,
+                self.paths.adapter(k),
+                path,
+                device=spec.device,
+                dtype=spec.dtype,
+                trust_remote_code=self.trust_remote_code,
+                own=self.heldout,
+            )

@@ -80,12 +80,13 @@ def cpu_defaults() -> dict[str, Any]:
     - bf16 where the CPU multiplies bf16 natively (AVX512-BF16/AMX) and measurably faster than fp32
       (`models.cpu_bf16_is_faster`; fp32 elsewhere); our plugin passes `use_cpu` to the training arguments,
       without which transformers refuses bf16 on a CPU;
-    - sample packing: no pad tokens trained; our plugin's sampler puts every row in exactly one pack per epoch
-      (Axolotl's own drops the last partial batch of packs and stops at an estimated step count);
+    - sample packing in one process: no pad tokens trained; our plugin's sampler puts every row in exactly one
+      pack per epoch (Axolotl's own drops the last partial batch of packs and stops at an estimated step count);
+      under torchrun, where ours does not apply, no packing;
     - no Triton LoRA kernels (they need CUDA), SDPA attention, no fp16/tf32, no worker processes (the cores go
       to the matmuls; training uses every available core, see `models.training_threads`).
     """
-    from . import models
+    from . import distributed, models
 
     if models.cuda_available():
         return {}
@@ -93,7 +94,10 @@ def cpu_defaults() -> dict[str, Any]:
         "bf16": models.cpu_bf16_is_faster(models.training_threads()),
         "fp16": False,
         "tf32": False,
-        "sample_packing": True,
+        # Under torchrun Axolotl's own multipack sampler runs (ours keeps to one process, see axolotl_plugin): it
+        # drops the last partial batch of packs on every rank, and a small round then trains no step at all.
+        # The Trainer's distributed sampler with dynamic padding trains every row.
+        "sample_packing": distributed.world_size() == 1,
         "attn_implementation": "sdpa",
         "lora_mlp_kernel": False,
         "lora_qkv_kernel": False,
@@ -221,7 +225,9 @@ def validate_axolotl(cfg: dict[str, Any], cfg_file: Path, log_file: Path | None 
         with our_sigint(), logs_to(log_file), note_log_on_error(log_file):
             return load_cfg(str(cfg_file))
     except ValueError as exc:
-        raise UserError("\n".join(f"Axolotl rejected the recipe's Axolotl keys: {line}" for line in _error_lines(exc))) from None
+        raise UserError(
+            "\n".join(f"Axolotl rejected the recipe's Axolotl keys: {line}" for line in _error_lines(exc))
+        ) from None
 
 
 @contextlib.contextmanager
@@ -237,19 +243,71 @@ def note_log_on_error(log_file: Path, what: str = "Axolotl's output"):
         raise
 
 
+def round_log(round_dir: Path) -> Path:
+    """Where this process's Axolotl output goes: axolotl.log, or axolotl.rank<r>.log on the other ranks under
+    torchrun (each rank's file is written by that rank alone)."""
+    from .distributed import rank
+
+    r = rank()
+    return round_dir / ("axolotl.log" if r == 0 else f"axolotl.rank{r}.log")
+
+
+def _validate_on_each_rank(cfg: dict[str, Any], round_dir: Path, log_file: Path):
+    """Axolotl's normalised config on every rank; only rank 0 writes the round's axolotl.yaml (the others
+    validate from a private copy outside the run folder).
+
+    On a CPU under torchrun Axolotl maps the model onto device LOCAL_RANK, which transformers reads as a CUDA
+    ordinal; each rank's model belongs on the CPU there."""
+    import tempfile
+
+    from . import distributed, models
+
+    if distributed.is_rank0():
+        axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            axo_cfg = validate_axolotl(cfg, Path(tmp) / "axolotl.yaml", log_file)
+    if distributed.world_size() > 1 and not models.cuda_available():
+        axo_cfg.device_map = {"": "cpu"}
+    return axo_cfg
+
+
+@contextlib.contextmanager
+def keep_process_group():
+    """Axolotl's train() destroys the torch.distributed process group when it finishes; under torchrun the loop
+    still needs it (embedding, selection, barriers), so that call is disabled for the duration of ours."""
+    train_module = sys.modules.get("axolotl.train")
+    cleanup = getattr(train_module, "cleanup_distributed", None)
+    if cleanup is not None:
+        train_module.cleanup_distributed = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if cleanup is not None:
+            train_module.cleanup_distributed = cleanup
+
+
 def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, description: str = "training") -> TrainResult:
     """Train one adapter; it appears at cfg['output_dir'] only once training has finished (atomic rename).
 
     `on_trained` runs after Axolotl has written the adapter and before it is renamed into place (a test hook).
     """
+    from . import distributed
+
     final_dir = Path(cfg["output_dir"])
     work_dir = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    distributed.on_rank0(shutil.rmtree, work_dir, ignore_errors=True)
     cfg = {**cfg, "output_dir": str(work_dir)}
     start = time.perf_counter()
-    log_file = round_dir / "axolotl.log"
-    axo_cfg = validate_axolotl(cfg, round_dir / "axolotl.yaml", log_file)
-    with logs_to(log_file), our_sigint(), _pause_in_dataset_preparation(round_dir.name), note_log_on_error(log_file):
+    log_file = round_log(round_dir)
+    axo_cfg = _validate_on_each_rank(cfg, round_dir, log_file)
+    with (
+        logs_to(log_file),
+        our_sigint(),
+        keep_process_group(),
+        _pause_in_dataset_preparation(round_dir.name),
+        note_log_on_error(log_file),
+    ):
         _, load_datasets, train = _import_axolotl()
         # Axolotl creates the LoRA weights before the Trainer seeds anything, from the unseeded global RNG: the
         # same recipe would train different adapters (and so select different rows). Seed everything first.
@@ -265,11 +323,17 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
     steps = int(trainer.state.global_step or 0)  # what ran (Axolotl's total_num_steps is an estimate)
     losses = [h["train_loss"] for h in history if "train_loss" in h] or [h["loss"] for h in history if "loss" in h]
     del model, trainer
-    if not (work_dir / "adapter_config.json").is_file():
-        raise RuntimeError(f"Axolotl finished but wrote no adapter in {work_dir}; see {round_dir / 'axolotl.log'}")
-    if on_trained is not None:
-        on_trained()
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(work_dir, final_dir)
+
+    def into_place() -> None:  # rank 0 alone: the other ranks trained the same adapter (DDP) and wait for it
+        if not (work_dir / "adapter_config.json").is_file():
+            raise RuntimeError(f"Axolotl finished but wrote no adapter in {work_dir}; see {round_dir / 'axolotl.log'}")
+        if on_trained is not None:
+            on_trained()
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(work_dir, final_dir)
+
+    distributed.on_rank0(into_place)
     sequence_len = int(axo_cfg.sequence_len) if axo_cfg.get("sequence_len") else None
-    return TrainResult(final_dir, float(losses[-1]) if losses else None, steps, time.perf_counter() - start, sequence_len)
+    return TrainResult(
+        final_dir, float(losses[-1]) if losses else None, steps, time.perf_counter() - start, sequence_len
+    )

@@ -24,7 +24,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     # Third-party output (warnings at import, log records, C-extension messages) goes to this verb's log file
     # for as long as the verb runs; only our messages reach the terminal.
     if ctx.invoked_subcommand is not None:
-        ctx.with_resource(only_our_output(default_log_dir() / f"{ctx.invoked_subcommand}.log"))
+        from ..distributed import rank  # under torchrun each rank has its own file: run.log, run.rank1.log, ...
+
+        suffix = f".rank{rank()}" if rank() else ""
+        ctx.with_resource(only_our_output(default_log_dir() / f"{ctx.invoked_subcommand}{suffix}.log"))
 
 
 # Every verb (click lists them sorted in --help).

@@ -54,17 +54,25 @@ def validate(recipe_file: Path, skip_axolotl: bool) -> None:
 @friendly_errors
 def run(recipe_file: Path, resume: bool, force: bool) -> None:
     """Run every round of a recipe (re-running continues where it stopped)."""
+    import contextlib
+
+    from ..distributed import init_from_env, is_rank0, on_rank0
     from ..faults import pause_point
     from ..loop import Loop
     from ..recipe import load_recipe
 
+    # Under torchrun every rank runs this verb: one process group for training, embedding and selection; rank 0
+    # alone holds the lock, writes the run folder and prints (the others wait for it at barriers).
+    init_from_env()
     recipe = load_recipe(recipe_file)
-    loop = Loop(recipe, log=say)
-    with loop.lock():  # one run per folder; released however this process ends
+    loop = Loop(recipe, log=say if is_rank0() else (lambda message: None))
+    with loop.lock() if is_rank0() else contextlib.nullcontext():  # one run per folder, released however it ends
         pause_point("locked")
-        loop.preflight()
-        loop.prepare(resume=resume, force=force)
+        on_rank0(loop.preflight)
+        on_rank0(loop.prepare, resume=resume, force=force)
         summary = loop.run()
+    if not is_rank0():
+        return
     print_summary(summary)
     echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
 

@@ -1,0 +1,110 @@
+"""The whole loop under torchrun (2 processes, gloo on CPU): `torchrun -m diverse_axolotl run recipe.yaml` on the
+tiny model, 2 rounds, end to end through the CLI; every round folder complete, one rank writing and printing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diverse_axolotl.selection import get_selector
+
+from test_loop_integration import write_recipe
+
+
+def torchrun(*args: str, cwd, nproc: int = 2, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *extra,
+           "-m", "diverse_axolotl", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def check_run(run, pool) -> None:
+    """Every round folder complete; the picks are k-center's on each round's (data-parallel) embeddings."""
+    for k in range(3):
+        rd = run / f"round_{k}"
+        assert (rd / "adapter" / "adapter_model.safetensors").is_file()
+        assert (rd / "done.json").is_file() and (rd / "axolotl.log").stat().st_size > 0
+        assert (rd / "axolotl.rank1.log").is_file()  # each rank's Axolotl output in its own file
+        rows = [json.loads(line) for line in (rd / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 8 + 6 * k
+        manifest = json.loads((rd / "manifest.json").read_text())
+        assert [pool[i] for i in manifest["indices"]] == rows
+        leftovers = [p.name for p in rd.iterdir() if "partial" in p.name or p.name.endswith(".tmp")]
+        assert not leftovers, leftovers
+    for k in range(2):
+        emb = np.load(run / f"round_{k}" / "embeddings.npy")
+        assert emb.shape == (len(pool), 32) and np.isfinite(emb).all()
+        before = json.loads((run / f"round_{k}" / "manifest.json").read_text())["indices"]
+        after = json.loads((run / f"round_{k + 1}" / "manifest.json").read_text())["indices"]
+        expected = get_selector("kcenter", device="cpu").select(emb, 6, already_selected=before)
+        assert after[len(before):] == expected.tolist()
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["rows"] for r in summary] == [8, 14, 20]
+    assert all(r["steps"] > 0 for r in summary), summary  # every round trained (a sampler can silently drop all)
+
+
+@pytest.mark.slow
+def test_two_rounds_under_torchrun_with_two_processes(tmp_path, tiny_model, pool_file):
+    recipe = write_recipe(tmp_path, tiny_model, pool_file)
+    proc = torchrun("run", str(recipe), cwd=tmp_path, extra=("--standalone",))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    check_run(tmp_path / "run", json.loads(pool_file.read_text()))
+    # progress and the summary printed once, by rank 0
+    assert out.count("round 0: training on 8 rows") == 1, out[-3000:]
+    assert out.count("run folder:") == 1
+    done = {k: (tmp_path / "run" / f"round_{k}" / "done.json").stat().st_mtime_ns for k in range(3)}
+    # a re-run under torchrun finds the run finished and rewrites nothing
+    again = torchrun("run", str(recipe), cwd=tmp_path, extra=("--standalone",))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert {k: (tmp_path / "run" / f"round_{k}" / "done.json").stat().st_mtime_ns for k in range(3)} == done
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_embedding_then_a_rerun_under_torchrun_finishes(tmp_path, tiny_model, pool_file):
+    from diverse_axolotl.faults import FAILPOINT_ENV
+
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, {"embedding": {"max_length": 128, "batch_tokens": 256}})
+    import os
+
+    env = {**os.environ, FAILPOINT_ENV: "embedding:rank1"}  # rank 1 SIGKILLs itself after its first batch
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "diverse_axolotl", "run", str(recipe)]
+    lost = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, env=env)
+    assert lost.returncode != 0
+    run = tmp_path / "run"
+    assert (run / "round_0" / "adapter" / "adapter_model.safetensors").is_file()  # round 0 trained, then lost
+    assert not (run / "round_0" / "embeddings.npy").exists() and not (run / "round_1").exists()
+    again = torchrun("run", str(recipe), cwd=tmp_path, extra=("--standalone",))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    check_run(run, json.loads(pool_file.read_text()))
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_with_a_local_rendezvous(tmp_path, tiny_model, pool_file):
+    """`--nnodes 2`: two torchrun agents (one process each) meet at a c10d rendezvous on localhost, as two
+    machines would; each is local rank 0 of its "node"."""
+    import socket
+
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, {"rounds": 1})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes",
+           "-m", "diverse_axolotl", "run", str(recipe)]
+    nodes = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    for node, out in zip(nodes, outputs):
+        assert node.returncode == 0, out[-6000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["rows"] for r in summary] == [8, 14] and all(r["steps"] > 0 for r in summary)
+    for k in range(2):
+        assert (run / f"round_{k}" / "axolotl.rank1.log").is_file()
+        assert (run / f"round_{k}" / "adapter" / "adapter_model.safetensors").is_file()
+    assert sum(out.count("run folder:") for out in outputs) == 1  # one rank printed the summary
