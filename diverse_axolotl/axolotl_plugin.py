@@ -79,6 +79,8 @@ class CompletePacking(MultipackBatchSampler):
     epoch and the trainer's step count (from it) covers every batch.
     """
 
+    _batches: list[list[list[int]]] | None = None
+
     def generate_batches(self, set_stats: bool = False) -> list[list[list[int]]]:
         if self._batches is not None:
             return self._batches
@@ -154,7 +156,7 @@ def save_prepared_without_spawn() -> None:
             dataset.save_to_disk = save_to_disk
         return original(cfg, dataset, dataset_hash, split)
 
-    save._diverse_axolotl = True
+    setattr(save, "_diverse_axolotl", True)  # noqa: B010 (a marker on a function; mypy knows no such attribute)
     sft.save_preprocessed_dataset = save
 
 

@@ -62,13 +62,13 @@ def pool_from_entries(entries: Sequence[dict]) -> Pool:
 def _build_pool(sources: Sequence[tuple[Path, str | None]], fmt: str | None) -> Pool:
     """Rows with an empty instruction or answer are left out (counted); row numbers refer to all rows read."""
     rows: Rows = concat([(src, read_source(src, split)) for src, split in sources])
-    sources = [src for src, _ in sources]
-    where = str(sources[0]) if len(sources) == 1 else f"{sources[0]} (+{len(sources) - 1} more files)"
-    fmt = fmt or detect_format(rows, str(sources[0]))
-    check_rows(rows, fmt, sources[0])
+    files = [src for src, _ in sources]
+    where = str(files[0]) if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more files)"
+    fmt = fmt or detect_format(rows, str(files[0]))
+    check_rows(rows, fmt, files[0])
     kept, file_rows, stats = clean_pool(rows, fmt, "skip", False, Path(where))
-    digest = pool_sha256(sources[0]) if len(sources) == 1 else _combined_sha256(sources)
-    return Pool(kept, file_rows, len(rows), fmt, sources, digest, stats)
+    digest = pool_sha256(files[0]) if len(files) == 1 else _combined_sha256(files)
+    return Pool(kept, file_rows, len(rows), fmt, files, digest, stats)
 
 
 def _combined_sha256(sources: Sequence[Path]) -> str:
@@ -221,7 +221,7 @@ def embed_pool(
         check_finite(emb, str(model_dir))
         if not causal:
             l2_normalise(emb)
-        if out is None:
+        if out is None or cached is None:
             return emb, None
         emb.flush()
         del emb

@@ -104,6 +104,7 @@ def kmeans(
             )
         if best is None or result.objective < best.objective:
             best = result
+    assert best is not None  # nredo >= 1
     return best
 
 

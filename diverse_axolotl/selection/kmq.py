@@ -72,6 +72,7 @@ def choose_k(x: np.ndarray, candidates, seed: int, sample: int, knobs) -> tuple[
         scores[k] = silhouette(xs, result.assignment[rows])
         if best is None or scores[k] > scores[best[0]]:
             best = (k, result)
+    assert best is not None  # at least one candidate
     return best[0], best[1].assignment, scores, best[1].objective
 
 
