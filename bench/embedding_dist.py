@@ -42,7 +42,11 @@ def _free_port() -> int:
 def read_pool(path: Path, rows: int) -> list[dict]:
     """A JSON list or JSONL pool of alpaca rows, the first `rows` of it."""
     text = path.read_text()
-    data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = (
+        json.loads(text)
+        if text.lstrip().startswith("[")
+        else [json.loads(line) for line in text.splitlines() if line.strip()]
+    )
     return data[:rows]
 
 
@@ -119,12 +123,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results, files = [], []
         for i, (label, procs, threads) in enumerate(arms):
-            best = None
+            best: dict | None = None
             for r in range(args.repeats):
                 out = Path(tmp) / f"arm{i}.{r}.npy"
                 res = run_arm(procs, threads, settings, out)
                 if best is None or res["seconds"] < best["seconds"]:
                     best = res
+            assert best is not None
             results.append((label, best))
             files.append(out)  # every repeat wrote the same rows; the last one's file is compared
         same = np.allclose(np.load(files[0]), np.load(files[-1]), rtol=1e-4, atol=1e-5)
@@ -134,12 +139,17 @@ def main() -> None:
         load = os.getloadavg()
     except OSError:
         load = (float("nan"),) * 3
-    print(f"cores {cores}, device {args.device}, dtype {args.dtype}, rows {args.rows} ({results[0][1]['tokens']:,}"
-          f" tokens), max_length {args.max_length}, batch_tokens {args.batch_tokens},"
-          f" assembly {'gather' if args.gather else 'shared file'}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"cores {cores}, device {args.device}, dtype {args.dtype}, rows {args.rows} ({results[0][1]['tokens']:,}"
+        f" tokens), max_length {args.max_length}, batch_tokens {args.batch_tokens},"
+        f" assembly {'gather' if args.gather else 'shared file'},"
+        f" load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"{'arm':<46}{'seconds':>10}{'tokens/s':>12}{'vs baseline':>13}")
     for label, res in results:
-        print(f"{label:<46}{res['seconds']:>10.2f}{res['tokens'] / res['seconds']:>12,.0f}{base / res['seconds']:>12.2f}x")
+        print(
+            f"{label:<46}{res['seconds']:>10.2f}{res['tokens'] / res['seconds']:>12,.0f}{base / res['seconds']:>12.2f}x"
+        )
     print(f"{args.procs}-process file allclose to the 1-process file: {same} (max abs difference {diff:.2e})")
 
 

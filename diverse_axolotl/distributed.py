@@ -8,9 +8,10 @@ the same variables) `init_from_env` starts the group: gloo on CPU, nccl when CUD
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def agreed(fn: Callable[..., T], *args, **kwargs) -> T:
     rank looking at the folder itself is a race: rank 0 may write the file (alone, before the barrier that ends
     its write) while a slower rank has not looked yet, and the two then take different branches and deadlock.
     `fn` must not itself use collectives."""
-    return on_rank0(fn, *args, broadcast=True, **kwargs)
+    return cast(T, on_rank0(fn, *args, broadcast=True, **kwargs))
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -198,22 +199,22 @@ def _object_device():
 
 
 # -- sharding ------------------------------------------------------------------------------------------------------
-def balanced_shards(costs: Sequence[int], world: int) -> list[np.ndarray]:
+def balanced_shards(costs: Sequence[int] | np.ndarray, world: int) -> list[np.ndarray]:
     """Row ids split into `world` shards of about equal total cost (tokens), so that ranks finish together.
 
     Greedy longest-first onto the currently lightest shard (ties: the lowest rank): deterministic, so every rank
     computes the same split without talking. Each shard's ids come back sorted (pool order)."""
-    costs = np.asarray(costs, dtype=np.int64)
-    order = np.argsort(-costs, kind="stable")
+    cost = np.asarray(costs, dtype=np.int64)
+    order = np.argsort(-cost, kind="stable")
     loads = np.zeros(world, dtype=np.int64)
-    owner = np.empty(len(costs), dtype=np.int64)
+    owner = np.empty(len(cost), dtype=np.int64)
     import heapq
 
     heap = [(0, r) for r in range(world)]  # (load, rank): the lightest shard, lowest rank among equals
     for idx in order:
         load, r = heapq.heappop(heap)
         owner[idx] = r
-        load += max(int(costs[idx]), 1)
+        load += max(int(cost[idx]), 1)
         loads[r] = load
         heapq.heappush(heap, (load, r))
     return [np.flatnonzero(owner == r) for r in range(world)]

@@ -10,8 +10,8 @@ written into one shared file, or gathered to rank 0 when the ranks share no file
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -85,7 +85,12 @@ def embed_batches(model, token_ids, pad_id: int, pooling: str, layer: int, batch
 
 
 def embed_rows(
-    model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding",
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    spec,
+    out: Path | None = None,
+    desc: str = "embedding",
     shared_fs: bool = True,
 ):
     """Tokenise and embed texts as the recipe's `embedding` block says.
@@ -110,7 +115,9 @@ def shard_tokens(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.n
     block: dict[int, list[int]] = {}
 
     def block_costs(lo: int, hi: int) -> list[int]:
-        for i, ids in zip(range(lo, hi), tokenize_texts(tokenizer, texts[lo:hi], max_length) if hi > lo else []):
+        for i, ids in zip(
+            range(lo, hi), tokenize_texts(tokenizer, texts[lo:hi], max_length) if hi > lo else [], strict=True
+        ):
             block[i] = ids
         return [len(block[i]) for i in range(lo, hi)]
 
@@ -118,7 +125,7 @@ def shard_tokens(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.n
     mine = shards[distributed.rank()]
     missing = [int(i) for i in mine if int(i) not in block]
     if missing:
-        for i, ids in zip(missing, tokenize_texts(tokenizer, [texts[i] for i in missing], max_length)):
+        for i, ids in zip(missing, tokenize_texts(tokenizer, [texts[i] for i in missing], max_length), strict=True):
             block[i] = ids
     return mine, [block[int(i)] for i in mine]
 
@@ -139,7 +146,7 @@ class _RowFile:
         import os
 
         values = np.ascontiguousarray(values, dtype=np.float32)
-        for row, vector in zip(rows.tolist(), values):
+        for row, vector in zip(rows.tolist(), values, strict=True):
             os.pwrite(self.fd, vector.tobytes(), self.offset + row * self.row_bytes)
 
     def close(self) -> None:
@@ -150,8 +157,14 @@ class _RowFile:
 
 
 def embed_rows_distributed(
-    model, tokenizer, texts: Sequence[str], spec, out: Path | None = None, desc: str = "embedding",
-    shared_fs: bool = True, gather_rows: int = 8192,
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    spec,
+    out: Path | None = None,
+    desc: str = "embedding",
+    shared_fs: bool = True,
+    gather_rows: int = 8192,
 ):
     """Data-parallel `embed_rows`: every rank embeds its length-balanced shard; the rows are put back in pool order.
 
@@ -200,7 +213,7 @@ def embed_rows_distributed(
     for start in range(0, max(longest, 1), gather_rows):
         part = (mine[start : start + gather_rows], local[start : start + gather_rows])
         received = distributed.gather_object(part, dst=0)
-        if result is not None:
+        if result is not None and received is not None:
             for rows_, values in received:
                 result[rows_] = values
     if isinstance(result, np.memmap):
@@ -280,8 +293,12 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
 
     adapter_digest = file_sha256(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
     payload = {
-        "pool": pool_digest, "model": model_fingerprint(base_model), "adapter": adapter_digest,
-        "pooling": spec.pooling, "layer": spec.layer, "max_length": spec.max_length,
+        "pool": pool_digest,
+        "model": model_fingerprint(base_model),
+        "adapter": adapter_digest,
+        "pooling": spec.pooling,
+        "layer": spec.layer,
+        "max_length": spec.max_length,
         "dtype": dtype_name(spec.dtype, spec.device),  # what `auto` stands for on this machine
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]

@@ -10,11 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import alpaca_rows
 
 from diverse_axolotl import distributed
 from diverse_axolotl.distributed import balanced_shards
-
-from conftest import alpaca_rows
 
 ROWS = 48
 BUDGET = 12
@@ -55,7 +54,14 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> N
     for name, spec in SPECS.items():
         shared = embed_rows(model, tok, texts, spec, out=out / f"{name}.npy", shared_fs=True)
         np.save(out / f"{name}.shared.rank{rank}.npy", np.asarray(shared))  # every rank reads the one file
-        gathered = embed_rows(model, tok, texts, spec, out=None, shared_fs=False, )
+        gathered = embed_rows(
+            model,
+            tok,
+            texts,
+            spec,
+            out=None,
+            shared_fs=False,
+        )
         if rank == 0:
             np.save(out / f"{name}.gathered.npy", gathered)
         else:
@@ -64,8 +70,9 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> N
         for source, emb in (("shared", shared), ("gathered", gathered)):
             block, offset = contiguous_block(emb, len(texts))
             assert len(block) < len(texts)  # no rank holds the whole matrix
-            picks = farthest_first_distributed(np.asarray(block), offset, len(texts), BUDGET,
-                                               np.asarray([3, 17], dtype=np.int64), torch.device("cpu"))
+            picks = farthest_first_distributed(
+                np.asarray(block), offset, len(texts), BUDGET, np.asarray([3, 17], dtype=np.int64), torch.device("cpu")
+            )
             np.save(out / f"{name}.picks.{source}.rank{rank}.npy", picks)
     scores = score_rows(get_scorer("perplexity", batch_tokens=256), model, tok, rows, "alpaca", max_length=64)
     np.save(out / f"scores.rank{rank}.npy", scores)

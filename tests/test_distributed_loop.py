@@ -9,15 +9,23 @@ import sys
 
 import numpy as np
 import pytest
+from test_loop_integration import write_recipe
 
 from diverse_axolotl.selection import get_selector
 
-from test_loop_integration import write_recipe
-
 
 def torchrun(*args: str, cwd, nproc: int = 2, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *extra,
-           "-m", "diverse_axolotl", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        *extra,
+        "-m",
+        "diverse_axolotl",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
@@ -40,7 +48,7 @@ def check_run(run, pool) -> None:
         before = json.loads((run / f"round_{k}" / "manifest.json").read_text())["indices"]
         after = json.loads((run / f"round_{k + 1}" / "manifest.json").read_text())["indices"]
         expected = get_selector("kcenter", device="cpu").select(emb, 6, already_selected=before)
-        assert after[len(before):] == expected.tolist()
+        assert after[len(before) :] == expected.tolist()
     summary = json.loads((run / "summary.json").read_text())
     assert [r["rows"] for r in summary] == [8, 14, 20]
     assert all(r["steps"] > 0 for r in summary), summary  # every round trained (a sampler can silently drop all)
@@ -71,8 +79,18 @@ def test_a_rank_killed_mid_embedding_then_a_rerun_under_torchrun_finishes(tmp_pa
     import os
 
     env = {**os.environ, FAILPOINT_ENV: "embedding:rank1"}  # rank 1 SIGKILLs itself after its first batch
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "diverse_axolotl", "run", str(recipe)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "diverse_axolotl",
+        "run",
+        str(recipe),
+    ]
     lost = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900, env=env)
     assert lost.returncode != 0
     run = tmp_path / "run"
@@ -93,13 +111,31 @@ def test_two_nodes_on_one_machine_with_a_local_rendezvous(tmp_path, tiny_model, 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes",
-           "-m", "diverse_axolotl", "run", str(recipe)]
-    nodes = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv_id",
+        "two-nodes",
+        "-m",
+        "diverse_axolotl",
+        "run",
+        str(recipe),
+    ]
+    nodes = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=900)[0] for node in nodes]
-    for node, out in zip(nodes, outputs):
+    for node, out in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, out[-6000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())

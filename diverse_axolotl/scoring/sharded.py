@@ -13,7 +13,9 @@ from .. import distributed
 from ..data import prompt_and_response
 
 
-def score_rows(scorer, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring") -> np.ndarray:
+def score_rows(
+    scorer, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring"
+) -> np.ndarray:
     """`scorer.score` over `rows`, split across the ranks of the process group (one process: a plain call).
 
     Shards are balanced by the token count of prompt + response (cut at max_length), each rank measuring only its
@@ -31,8 +33,10 @@ def score_rows(scorer, model, tokenizer, rows: list[dict], fmt: str, max_length:
     shards, _ = distributed.shards_by_cost(len(rows), block_costs)
     mine = shards[distributed.rank()]
     values = (
-        np.asarray(scorer.score(model, tokenizer, [rows[i] for i in mine], fmt, max_length=max_length, desc=desc),
-                   dtype=np.float64)
+        np.asarray(
+            scorer.score(model, tokenizer, [rows[i] for i in mine], fmt, max_length=max_length, desc=desc),
+            dtype=np.float64,
+        )
         if len(mine)
         else np.zeros(0, dtype=np.float64)
     )

@@ -28,7 +28,7 @@ def select_across_ranks(selector, emb, budget: int, already_selected, scores, se
     if _kcenter_shardable(selector) and emb is not None:
         return _kcenter(selector, emb, budget, already_selected, seed), None
 
-    def on_rank0():
+    def select_here():
         with_state = getattr(selector, "select_with_state", None)
         if with_state is None:
             picks = selector.select(
@@ -46,7 +46,7 @@ def select_across_ranks(selector, emb, budget: int, already_selected, scores, se
             )
         return np.asarray(picks, dtype=np.int64), new_state, selector.last_info
 
-    picks, new_state, info = distributed.on_rank0(on_rank0, broadcast=True)
+    picks, new_state, info = distributed.agreed(select_here)  # rank 0's picks on every rank
     selector.last_info = info
     return picks, new_state
 
