@@ -144,3 +144,34 @@ def test_two_nodes_on_one_machine_with_a_local_rendezvous(tmp_path, tiny_model, 
         assert (run / f"round_{k}" / "axolotl.rank1.log").is_file()
         assert (run / f"round_{k}" / "adapter" / "adapter_model.safetensors").is_file()
     assert sum(out.count("run folder:") for out in outputs) == 1  # one rank printed the summary
+
+
+@pytest.mark.slow
+def test_a_stateful_kmeans_selector_with_scores_runs_on_rank0_and_its_picks_reach_every_rank(
+    tmp_path, tiny_model, pool_file
+):
+    """iterative_kmq (k-means on rank 0, a state between rounds, per-row scores computed data-parallel) under
+    torchrun: round 0 from the base model's embeddings, round 1 from round 0's, as one process would pick them
+    from the same files."""
+    from diverse_axolotl.run_paths import RunPaths, read_selector_state
+
+    selector = {"name": "iterative_kmq", "n_clusters": 4}
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, {"round0": "base", "rounds": 1, "selector": selector})
+    proc = torchrun("run", str(recipe), cwd=tmp_path, extra=("--standalone",))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run = tmp_path / "run"
+    base = np.load(run / "round_0" / "base_embeddings.npy")
+    m0 = json.loads((run / "round_0" / "manifest.json").read_text())
+    assert m0["indices"] == get_selector("kmq", n_clusters=4).select(base, 8, seed=0).tolist()
+    state0 = read_selector_state(RunPaths(run), 0)
+    selected = np.asarray(m0["indices"])
+    new, _ = get_selector("iterative_kmq", n_clusters=4).select_with_state(
+        np.load(run / "round_0" / "embeddings.npy"),
+        6,
+        selected,
+        np.load(run / "round_0" / "scores.npy"),
+        seed=1,
+        state=state0,
+    )
+    assert json.loads((run / "round_1" / "manifest.json").read_text())["indices"][8:] == new.tolist()
+    assert read_selector_state(RunPaths(run), 1) is not None  # rank 0's state, written once, read back whole
