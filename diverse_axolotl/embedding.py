@@ -258,10 +258,13 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def pool_texts(rows: Sequence[dict], fmt: str, tokenizer) -> list[str]:
-    """What is embedded of each row: prompt and response as the model reads them (its chat template for chats)."""
+def pool_texts(rows: Sequence[dict], fmt: str, tokenizer, text: str = "prompt_response") -> list[str]:
+    """What is embedded of each row: prompt and response as the model reads them (its chat template for chats),
+    or with `text: prompt` the prompt alone (what the row asks, whatever the length of its answer)."""
     from .data import prompt_and_response
 
+    if text == "prompt":
+        return [prompt_and_response(r, fmt, tokenizer)[0] for r in rows]
     return ["".join(prompt_and_response(r, fmt, tokenizer)) for r in rows]
 
 
@@ -301,6 +304,8 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
         "max_length": spec.max_length,
         "dtype": dtype_name(spec.dtype, spec.device),  # what `auto` stands for on this machine
     }
+    if getattr(spec, "text", "prompt_response") != "prompt_response":  # the default keeps earlier keys valid
+        payload["text"] = spec.text
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

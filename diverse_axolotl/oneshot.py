@@ -216,7 +216,12 @@ def embed_pool(
         out = cache_dir / f".{key}.{os.getpid()}.partial.npy"
     try:
         emb = embed_rows(
-            model, tokenizer, pool_texts(pool.rows, pool.fmt, tokenizer), spec, out=out, desc="embedding the pool"
+            model,
+            tokenizer,
+            pool_texts(pool.rows, pool.fmt, tokenizer, spec.text),
+            spec,
+            out=out,
+            desc="embedding the pool",
         )
         check_finite(emb, str(model_dir))
         if not causal:

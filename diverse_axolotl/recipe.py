@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .errors import UserError, _model_at, did_you_mean
 from .evaluation.spec import EvalSpec
+from .hashing import HASH_NEUTRAL, without_neutral_defaults
 from .recipe_checks import check_output_dir, check_recipe
 from .recipe_yaml import read_yaml
 
@@ -142,6 +143,10 @@ class ComponentSpec(BaseModel):
         """`{name, every parameter}` with defaults filled in: writing a default out is the same run."""
         return {"name": self.name, **self.validated.model_dump(mode="json")}
 
+    def hashed(self) -> dict[str, Any]:
+        """`filled()` minus the parameters added later that hold their default (`hashing.HASH_NEUTRAL`)."""
+        return without_neutral_defaults(self.validated, self.filled())
+
 
 #: Earlier names of ComponentSpec (the two blocks were identical classes).
 SelectorSpec = ScorerSpec = ComponentSpec
@@ -159,6 +164,11 @@ class EmbeddingSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
     cache_dir: LaxPath | None = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
+    text: Literal["prompt_response", "prompt"] = Field(
+        "prompt_response",
+        description="what of each row is embedded: prompt and answer as the model reads them, or the prompt only",
+        json_schema_extra=HASH_NEUTRAL,
+    )
 
 
 class SelectionSpec(Strict):
@@ -255,9 +265,10 @@ class Recipe(BaseModel):
         for key in AXOLOTL_POOL_KEYS:  # unset ones leave the hash as it was; data_files are in pool_sha256
             if key == "data_files" or selection["pool"].get(key) is None:
                 selection["pool"].pop(key, None)
-        selection["selector"] = self.selection.selector.filled()
+        selection["selector"] = self.selection.selector.hashed()
         if self.selection.scorer is not None:
-            selection["scorer"] = self.selection.scorer.filled()
+            selection["scorer"] = self.selection.scorer.hashed()
+        selection["embedding"] = without_neutral_defaults(self.selection.embedding, selection["embedding"])
         for key in ("cache", "cache_dir"):  # where embeddings are cached does not change any result
             selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}

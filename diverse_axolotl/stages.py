@@ -176,7 +176,7 @@ class RoundStages:
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if self.embed_from_cache(k, base):
             return np.load(path, mmap_mode="r")
-        texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer)
+        texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer, self.sel.embedding.text)
         partial = path.with_name(f".{path.stem}.partial.npy")
         desc = f"round {k}: embedding" + (" with the base model" if base else "")
         # under torchrun every rank embeds its shard into the one partial file (embedding.embed_rows_distributed)
@@ -244,7 +244,6 @@ class RoundStages:
 
     def evaluate(self, k: int) -> dict[str, Any]:
         """lm-eval (and our metrics) on the round's adapter, when the recipe has an `eval:` block."""
-        spec = self.recipe.eval
         if not self.evaluates(k):
             return {}
         path = self.paths.eval_file(k)
@@ -259,6 +258,7 @@ class RoundStages:
         from .training import note_log_on_error
 
         spec = self.recipe.eval
+        assert spec is not None  # evaluates(k) said so
         self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
         with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
             evaluate_spec(

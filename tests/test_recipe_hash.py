@@ -129,3 +129,62 @@ def test_every_problem_of_a_selector_block_is_named_at_once(tmp_path, tiny_model
     lines = str(err.value).splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{path}: selection.selector: ") for line in lines), lines
     assert "no parameter 'devise'" in lines[0] and "parameter 'dtype'" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "block, expected",
+    [
+        # hashes from before k-center's levers and embedding.text existed (commit e27d0ae)
+        ({"selector": {"name": "kcenter"}}, "5952ab946998b685"),
+        (
+            {"selector": {"name": "kcenter", "device": "cpu"}, "embedding": {"pooling": "last", "layer": 15}},
+            "2fc4c25d6b1ff9ec",
+        ),
+    ],
+)
+def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
+    """Parameters marked hash-neutral (k-center's normalize/outlier_*, embedding.text) enter the hash only when
+    set to something other than their default: run folders of earlier versions still match their recipes."""
+    from pathlib import Path
+
+    from diverse_axolotl.recipe import Recipe
+
+    def recipe(**changes):
+        selection = {"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2}
+        selection.update(block)
+        for key, value in changes.items():
+            selection[key] = {**selection.get(key, {}), **value}
+        return Recipe(
+            path=Path("/recipes/recipe.yaml"),
+            output_dir=Path("/runs/run"),
+            axolotl={"base_model": "/models/tiny", "adapter": "lora", "sequence_len": 128},
+            selection=selection,
+        )
+
+    assert recipe().hash == expected
+    assert recipe(selector={"normalize": False}, embedding={"text": "prompt_response"}).hash == expected
+    assert "normalize" in recipe().resolved()["selection"]["selector"]  # run.json still records every parameter
+    changed = {
+        recipe(selector={"normalize": True}).hash,
+        recipe(selector={"outlier_fraction": 0.05}).hash,
+        recipe(embedding={"text": "prompt"}).hash,
+    }
+    assert len(changed) == 3 and expected not in changed
+
+
+def test_prompt_only_embedding_text_and_its_cache_key(tiny_model):
+    from transformers import AutoTokenizer
+
+    from diverse_axolotl.embedding import embedding_cache_key, pool_texts
+    from diverse_axolotl.recipe import EmbeddingSpec
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue, a very long answer " * 20}]
+    both = pool_texts(rows, "alpaca", tok)[0]
+    prompt = pool_texts(rows, "alpaca", tok, "prompt")[0]
+    assert both.startswith(prompt) and "Name a colour." in prompt and "Blue" not in prompt
+    default, explicit, other = (
+        embedding_cache_key("pool", tiny_model, None, spec)
+        for spec in (EmbeddingSpec(), EmbeddingSpec(text="prompt_response"), EmbeddingSpec(text="prompt"))
+    )
+    assert default == explicit != other

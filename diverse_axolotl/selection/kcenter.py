@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..hashing import HASH_NEUTRAL
 from ..models import resolve_device
 from .base import Selector
 from .registry import register
@@ -42,11 +43,22 @@ class KCenterParams(BaseModel):
     project_dim: int | None = Field(None, gt=0, description="project embeddings to this many dims first (off)")
     projection: Literal["random", "pca"] = Field("random", description="how to project when project_dim is set")
     chunk_rows: int = Field(262144, gt=0, description="rows per chunk of the distance update")
-    normalize: bool = Field(False, description="scale the centred rows to unit length (cosine k-center)")
-    outlier_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="never pick this fraction of the most isolated rows (k-center with outliers)"
+    normalize: bool = Field(
+        False, description="scale the centred rows to unit length (cosine k-center)", json_schema_extra=HASH_NEUTRAL
     )
-    outlier_neighbours: int = Field(10, gt=0, description="isolation = distance to this nearest neighbour in a sample")
+    outlier_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="never pick this fraction of the most isolated rows (k-center with outliers)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
+    outlier_neighbours: int = Field(
+        10,
+        gt=0,
+        description="isolation = distance to this nearest neighbour in a sample",
+        json_schema_extra=HASH_NEUTRAL,
+    )
 
 
 def project(emb: np.ndarray, dim: int, how: str, seed: int) -> np.ndarray:
