@@ -70,6 +70,10 @@ class ArmConfig(Strict):
     scorer: dict[str, Any] | None = None
     seeds: list[int] | None = Field(None, description="default: the config's `seeds`")
     label: str | None = Field(None, description="what the tables call the arm (default: its key)")
+    embedding: dict[str, Any] = Field(
+        default_factory=dict, description="selection.embedding keys of this arm only, over the shared ones (ablations)"
+    )
+    budgets: list[float] | None = Field(None, description="only these of the config's budgets (default: all of them)")
     axolotl: dict[str, Any] = Field(
         default_factory=dict,
         description="Axolotl keys of this arm only, over the "

@@ -73,10 +73,11 @@ def plan_runs(
             continue
         if arm.mode == "iterative" and not rows:
             continue
+        arm_rows = {b: n for b, n in rows.items() if arm.budgets is None or any(abs(b - x) < 1e-9 for x in arm.budgets)}
         for seed in cfg.arm_seeds(arm):
             # an iterative run always covers every budget: its recipe (and so its run folder) must not depend on
             # which budgets this invocation asked for
-            plans.extend(_arm_plans(cfg, name, arm, seed, every if arm.mode == "iterative" else rows, unit, n_pool))
+            plans.extend(_arm_plans(cfg, name, arm, seed, every if arm.mode == "iterative" else arm_rows, unit, n_pool))
     return plans
 
 
@@ -132,7 +133,7 @@ def recipe_for(
         "pool": {"path": str(pool_file), "format": "alpaca"},
         **plan.selection,
         "retrain_from_base": True,
-        "embedding": dict(cfg.embedding),
+        "embedding": {**cfg.embedding, **cfg.arms[plan.arm].embedding},
     }
     ev = {**cfg.eval, "every_round": plan.every_round, "heldout": heldout}
     if eval_data_dir is not None:
