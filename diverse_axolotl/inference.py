@@ -3,7 +3,7 @@ and greedy generation."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,9 @@ import torch
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
     """Row ids grouped into batches, longest first, each with rows * longest <= batch_tokens (at least one row)."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, current, longest = [], [], 0
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    longest = 0
     for idx in order:
         length = max(int(lengths[idx]), 1)
         if current and max(longest, length) * (len(current) + 1) > batch_tokens:
@@ -25,7 +27,9 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.n
     return batches
 
 
-def padded_batch(sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of token-id lists padded to the longest (at least 1 wide): right padding for
     forward passes, left padding for generation (new tokens then follow every prompt directly)."""
     width = max(max((len(s) for s in sequences), default=0), 1)
@@ -58,14 +62,16 @@ def greedy_generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     encoded = []
-    for prompt, new in zip(prompts, max_new_tokens):
+    if len(max_new_tokens) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens")
+    for prompt in prompts:
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         if not ids and tokenizer.bos_token_id is not None:
             ids = [tokenizer.bos_token_id]
         encoded.append(ids)
     device = next(decoder_body(model).parameters()).device
     outputs = [""] * len(prompts)
-    lengths = [min(len(ids) + new, max_length) for ids, new in zip(encoded, max_new_tokens)]
+    lengths = [min(len(ids) + new, max_length) for ids, new in zip(encoded, max_new_tokens, strict=True)]
     with torch.inference_mode(), progress_bar(desc, total=len(prompts)) as advance:
         for batch in token_budget_batches(lengths, batch_tokens):
             batch_new = max(max_new_tokens[i] for i in batch)
@@ -76,7 +82,9 @@ def greedy_generate(
             config = GenerationConfig(
                 max_new_tokens=batch_new, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos
             )
-            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            generated = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
             for row, i in enumerate(batch):
                 new_ids = generated[row, width:].tolist()[: max_new_tokens[i]]
                 if eos is not None and eos in new_ids:
@@ -84,4 +92,3 @@ def greedy_generate(
                 outputs[i] = tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
             advance(len(batch))
     return outputs
-

@@ -78,7 +78,9 @@ class Loop:
         self.selector = self.sel.selector.build()
         pool = self.sel.pool
         raw = load_pool(pool.path, pool.format, pool.limit, pool.data_files, pool.split)
-        self.rows, self.file_rows, self.pool_stats = clean_pool(raw, pool.format, pool.empty_rows, pool.dedup, pool.path)
+        self.rows, self.file_rows, self.pool_stats = clean_pool(
+            raw, pool.format, pool.empty_rows, pool.dedup, pool.path
+        )
         self.heldout = self._carve_heldout()
         check_budget(recipe, len(self.rows))
         check_clusters(recipe, len(self.rows))
@@ -125,7 +127,10 @@ class Loop:
                     raise UserError(self._mismatch(previous))
                 else:
                     kept = clear_run(paths.root)
-                    self.log(f"--force: deleted the earlier run in {paths.root}" + (f" (kept {', '.join(kept)})" if kept else ""))
+                    self.log(
+                        f"--force: deleted the earlier run in {paths.root}"
+                        + (f" (kept {', '.join(kept)})" if kept else "")
+                    )
         elif paths.root.is_dir():
             self._check_no_foreign_files(force)
         if resume and not paths.run_info.is_file():
@@ -188,9 +193,16 @@ class Loop:
 
         from .training import axolotl_config, validate_axolotl
 
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            cfg = axolotl_config(self.recipe.axolotl, tmp / "train.jsonl", self.sel.pool.format, tmp / "adapter", tmp / "prepared", self.sel.seed)
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            cfg = axolotl_config(
+                self.recipe.axolotl,
+                tmp / "train.jsonl",
+                self.sel.pool.format,
+                tmp / "adapter",
+                tmp / "prepared",
+                self.sel.seed,
+            )
             try:
                 validate_axolotl(cfg, tmp / "axolotl.yaml")
             except UserError as exc:
@@ -200,7 +212,10 @@ class Loop:
     def missing_artefacts(self, k: int) -> list[str]:
         """What round k promises and lacks (see `RunPaths.missing_artefacts`)."""
         return self.paths.missing_artefacts(
-            k, self.sel.rounds, embeds=self.selector.needs_embeddings, scores=self.stages.scorer_name is not None,
+            k,
+            self.sel.rounds,
+            embeds=self.selector.needs_embeddings,
+            scores=self.stages.scorer_name is not None,
             evaluates=self.stages.evaluates(k),
         )
 
@@ -216,13 +231,21 @@ class Loop:
                     summary.append(json.loads(self.paths.done(k).read_text()))
                     self.log(f"round {k}: finished earlier, reusing it")
                     continue
-                self.log(f"round {k}: finished earlier, but lacks {', '.join(missing)} (in {self.paths.root}); redoing that")
+                self.log(
+                    f"round {k}: finished earlier, but lacks {', '.join(missing)} (in {self.paths.root}); redoing that"
+                )
                 earlier = json.loads(self.paths.done(k).read_text())
             pause_point(f"round:{k}")
             t = time.perf_counter()
             on_rank0(restore_train_file, self.paths, k, self.rows)  # under torchrun rank 0 writes, all wait
             trained = stages.train(k)
-            row = {**earlier, "round": k, "rows": len(read_manifest(self.paths, k)[0]), **trained, "train_s": trained["seconds"]}
+            row = {
+                **earlier,
+                "round": k,
+                "rows": len(read_manifest(self.paths, k)[0]),
+                **trained,
+                "train_s": trained["seconds"],
+            }
             row.pop("seconds")
             if k < self.sel.rounds and not agreed(self.paths.manifest(k + 1).is_file):
                 row.update({key: round(v, 2) for key, v in picker.select_next(k).items()})

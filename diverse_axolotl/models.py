@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpuinfo_field(name: str) -> str:
     """The first `name : value` of /proc/cpuinfo ('' where there is none, e.g. not Linux)."""
     try:
@@ -73,7 +74,7 @@ def _cpu_identity(threads: int) -> str:
     return f"{model} | flags {digest} | torch {torch.__version__} | {threads} threads"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_bf16_is_faster(threads: int | None = None) -> bool:
     """Whether bf16 pays on this CPU: native bf16 (`cpu_supports_bf16`) and bf16 matmuls measured at least 1.25x
     faster than fp32. Native support alone does not decide it: on a 2-core Xeon with AVX512-BF16 but no AMX,
@@ -187,7 +188,7 @@ def load_model(
     hf_logging.disable_progress_bar()
     check_model_dir(base_model)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(base_model), dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
     )
     if adapter is not None:

@@ -105,7 +105,9 @@ class RoundPicker:
         with_state = getattr(self.selector, "select_with_state", None)
         if with_state is None:
             n_rows = len(self.stages.rows) if emb is None else None
-            return self.selector.select(emb, budget, already_selected=selected, scores=scores, seed=seed, n_rows=n_rows), None
+            return self.selector.select(
+                emb, budget, already_selected=selected, scores=scores, seed=seed, n_rows=n_rows
+            ), None
         return with_state(emb, budget, already_selected=selected, scores=scores, seed=seed, state=state)
 
     def select_next(self, k: int) -> dict[str, float]:

@@ -85,7 +85,7 @@ class RoundStages:
         result = train_round(
             cfg,
             self.paths.round_dir(k),
-            on_trained=lambda: (failpoint(f"train:{k}"), pause_point(f"train:{k}")),
+            on_trained=lambda: _fault_points(f"train:{k}"),
             description=f"round {k}: training",
         )
         info = {
@@ -271,3 +271,9 @@ class RoundStages:
                 trust_remote_code=self.trust_remote_code,
                 own=self.heldout,
             )
+
+
+def _fault_points(name: str) -> None:
+    """The test hooks after training: a failpoint (kill) and a pause point (Ctrl-C) of that name."""
+    failpoint(name)
+    pause_point(name)

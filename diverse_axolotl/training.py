@@ -190,7 +190,8 @@ def check_unknown_keys(cfg: dict[str, Any]) -> None:
     for key in cfg:
         if key not in known:
             raise UserError(
-                f"unknown key '{key}'{did_you_mean(key, known)}: neither an Axolotl config key nor `selection`/`output_dir`"
+                f"unknown key '{key}'{did_you_mean(key, known)}: "
+                "neither an Axolotl config key nor `selection`/`output_dir`"
             )
 
 

@@ -101,3 +101,10 @@ def test_one_padded_batch_builder_both_sides():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     ids, mask = padded_batch([[]], pad_id=3)
     assert ids.tolist() == [[3]] and mask.tolist() == [[0]]
+
+
+def test_no_module_over_400_lines():
+    """One job per module (issue 16): a module that grows past this is doing two things; split it by job."""
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 40  # the walk found the package
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -49,9 +49,21 @@ class PerplexityGapScorer(Scorer):
         pairs = [prompt_and_response(r, fmt, tokenizer) for r in rows]
         prompts = [prompt for prompt, _ in pairs]
         own = greedy_generate(
-            model, tokenizer, prompts, [p.max_new_tokens] * len(prompts), max_length, p.batch_tokens,
+            model,
+            tokenizer,
+            prompts,
+            [p.max_new_tokens] * len(prompts),
+            max_length,
+            p.batch_tokens,
             desc=f"{desc}: own answers",
         )
         gold = response_token_stats(model, tokenizer, pairs, max_length, p.batch_tokens, f"{desc}: gold answers")
-        mine = response_token_stats(model, tokenizer, list(zip(prompts, own)), max_length, p.batch_tokens, f"{desc}: own answers' perplexity")
+        mine = response_token_stats(
+            model,
+            tokenizer,
+            list(zip(prompts, own, strict=True)),
+            max_length,
+            p.batch_tokens,
+            f"{desc}: own answers' perplexity",
+        )
         return perplexity_gap(gold["nll"], mine["nll"])

@@ -58,9 +58,11 @@ class RewardGapScorer(Scorer):
             for start in range(0, len(pairs), bs):
                 chunk = pairs[start : start + bs]
                 prompts = [p for p, _ in chunk]
-                own = greedy_generate(model, tokenizer, prompts, [self.params.max_new_tokens] * len(prompts), max_length)
+                own = greedy_generate(
+                    model, tokenizer, prompts, [self.params.max_new_tokens] * len(prompts), max_length
+                )
                 gold = rewards(reward, rm_tok, [p + r for p, r in chunk], max_length, device)
-                mine = rewards(reward, rm_tok, [p + o for p, o in zip(prompts, own)], max_length, device)
+                mine = rewards(reward, rm_tok, [p + o for p, o in zip(prompts, own, strict=True)], max_length, device)
                 out[start : start + len(chunk)] = gold - mine
                 advance(len(chunk))
         return out

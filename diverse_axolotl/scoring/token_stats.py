@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import prompt_and_response
-from ..inference import padded_batch, token_budget_batches
 from ..errors import UserError
+from ..inference import padded_batch, token_budget_batches
 from ..models import decoder_body
 from ..progress import progress_bar
 from .base import Scorer, register_scorer
@@ -51,7 +51,9 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple
     if not p_ids:
         start_token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if start_token is None:
-            raise UserError("cannot score a response without a prompt: the tokenizer has neither a BOS nor an EOS token")
+            raise UserError(
+                "cannot score a response without a prompt: the tokenizer has neither a BOS nor an EOS token"
+            )
         p_ids = [start_token]
     r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
@@ -145,7 +147,9 @@ class _TokenStatScorer(Scorer):
 
     def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
         pairs = [prompt_and_response(r, fmt, tokenizer) for r in rows]
-        stats = response_token_stats(model, tokenizer, pairs, max_length, self.params.batch_tokens, desc, self.all_positions)
+        stats = response_token_stats(
+            model, tokenizer, pairs, max_length, self.params.batch_tokens, desc, self.all_positions
+        )
         return self.transform(stats, model, tokenizer, rows, fmt, max_length)
 
     def transform(self, stats, model, tokenizer, rows, fmt, max_length):
@@ -168,7 +172,9 @@ class IFDScorer(_TokenStatScorer):
 
     def transform(self, stats, model, tokenizer, rows, fmt, max_length):
         alone = [("", prompt_and_response(r, fmt, tokenizer)[1]) for r in rows]
-        unconditional = response_token_stats(model, tokenizer, alone, max_length, self.params.batch_tokens, "scoring (ifd, no prompt)")
+        unconditional = response_token_stats(
+            model, tokenizer, alone, max_length, self.params.batch_tokens, "scoring (ifd, no prompt)"
+        )
         return np.exp(np.clip(stats["nll"] - unconditional["nll"], -50.0, 50.0))
 
 
@@ -178,8 +184,24 @@ def _stat_scorer(name: str, stat: str, text: str, all_positions: bool = False):
     return register_scorer(type(cls_name, (_TokenStatScorer,), attrs))
 
 
-_stat_scorer("least_confidence", "max_logit", "DiverseEvol: mean over every position of the maximum logit (lower: less confident)", True)
-_stat_scorer("margin", "logit_margin", "DiverseEvol: mean over every position of top-1 minus top-2 logit (lower: less sure)", True)
-_stat_scorer("least_confidence_prob", "least_confidence_prob", "mean over response tokens of 1 - the top token's probability (higher: less confident)")
-_stat_scorer("margin_prob", "margin_prob", "mean over response tokens of 1 - (top-1 minus top-2 probability) (higher: less sure)")
+_stat_scorer(
+    "least_confidence",
+    "max_logit",
+    "DiverseEvol: mean over every position of the maximum logit (lower: less confident)",
+    True,
+)
+_stat_scorer(
+    "margin",
+    "logit_margin",
+    "DiverseEvol: mean over every position of top-1 minus top-2 logit (lower: less sure)",
+    True,
+)
+_stat_scorer(
+    "least_confidence_prob",
+    "least_confidence_prob",
+    "mean over response tokens of 1 - the top token's probability (higher: less confident)",
+)
+_stat_scorer(
+    "margin_prob", "margin_prob", "mean over response tokens of 1 - (top-1 minus top-2 probability) (higher: less sure)"
+)
 _stat_scorer("entropy", "entropy", "mean over response tokens of the predictive entropy (higher: less sure)")
