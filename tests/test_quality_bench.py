@@ -236,3 +236,28 @@ def test_report_over_every_mode_from_run_folders(tmp_path):
     assert math.isfinite(agg[("kcenter", 0.25)]["diversity"]["vendi"])
     for png in ("metric_heldout_loss.png", "diversity_vendi.png", "wall_time.png", "source_mix.png"):
         assert (out / "plots" / png).is_file()
+
+
+def test_the_validation_split_is_disjoint_from_the_pool_and_the_heldout_rows(tmp_path):
+    """Choices (the ablation's defaults) are made on rows that are neither trained on nor reported as results."""
+    from bench.quality.pool import build_pool
+    from bench.quality.smoke import fixture_data_root
+    from bench.quality.validation import validation_rows
+
+    text = (QUALITY / "smoke.yaml").read_text() + (
+        "validation: {n_per_source: 20, seed: 1, budget: 0.125, arms: [random, kcenter], reference: kcenter}\n"
+    )
+    (tmp_path / "smoke.yaml").write_text(text)
+    cfg = load_config(tmp_path / "smoke.yaml")
+    root = fixture_data_root(tmp_path / "data")
+    meta = build_pool(cfg, root, tmp_path / "work", log=lambda _: None)
+    rows = validation_rows(cfg, root, meta)
+    ids = [r.index for r in rows]
+    assert len(ids) == len(set(ids)) == 20 and {r.group for r in rows} == {"alpaca"}
+    assert not set(ids) & {m["index"] for m in meta["rows"]}
+    assert not set(ids) & set(meta["excluded_ids"]["alpaca"])
+    assert [r.index for r in validation_rows(cfg, root, meta)] == ids  # seeded
+    bad = text.replace("reference: kcenter", "reference: kcentre")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(UserError, match="validation: unknown arm 'kcentre'"):
+        load_config(tmp_path / "bad.yaml")

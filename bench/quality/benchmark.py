@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="build the pool and recipes, print the plan, run nothing")
     p.add_argument("--report-only", action="store_true", help="run nothing; aggregate what the run folders hold")
     p.add_argument(
+        "--validation",
+        action="store_true",
+        help="with --report-only: also score finished runs on the validation split (else only cached scores)",
+    )
+    p.add_argument(
         "--pack",
         type=Path,
         default=None,
@@ -181,7 +186,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     }
     with open(work / "invocations.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(invocation) + "\n")
-    written = write_results(cfg, every_plan, work, results_dir, pool_rows, meta, status, invocation, model, gpu)
+    validation: list[str] = []
+    if cfg.validation is not None:
+        from .validation import score_runs, validation_rows, validation_section
+
+        rows = validation_rows(cfg, data_root, meta)
+        scored = score_runs(cfg, every_plan, work, model, rows, compute=args.validation or not args.report_only)
+        validation = validation_section(cfg, scored, len(rows))
+    written = write_results(
+        cfg, every_plan, work, results_dir, pool_rows, meta, status, invocation, model, gpu, validation
+    )
     print(f"results: {written} ({time.perf_counter() - t0:.0f} s)")
     if args.pack:
         pack(work, args.pack)
@@ -245,6 +259,7 @@ def write_results(
     invocation: dict,
     model: Path,
     gpu: bool,
+    validation: list[str] | None = None,
 ) -> Path:
     collected = collect(cfg, plans, work, pool_rows, meta, status)
     records = collected["records"]
@@ -313,6 +328,7 @@ def write_results(
     md += _verdict_summary(agg, arms, budgets, metrics)
     md += _diversity_section(agg, arms, budgets, meta, collected, plots)
     md += _time_section(agg, arms, budgets, plots)
+    md += validation or []
     if collected["missing"]:
         md += [
             "## Missing results",

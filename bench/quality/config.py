@@ -86,6 +86,18 @@ class IterativeConfig(Strict):
     step_units: int = Field(1, gt=0, description="rows added per round, in budget units")
 
 
+class ValidationConfig(Strict):
+    """The split that choices are made on (bench/quality/validation.py), apart from the held-out result rows."""
+
+    n_per_source: int = Field(30, gt=0, description="rows per pool source, in neither the pool nor the held-out sets")
+    seed: int = 1
+    budget: float = Field(description="the budget whose rounds are scored")
+    arms: list[str] = Field(description="arms scored on the split (random's spread is the yardstick)")
+    reference: str = Field("kcenter", description="the arm each lever must beat")
+    max_length: int = Field(256, gt=8)
+    batch_tokens: int = Field(4096, gt=0)
+
+
 class QualityConfig(Strict):
     path: Path
     name: str
@@ -113,6 +125,19 @@ class QualityConfig(Strict):
     eval: dict[str, Any] = Field(description="EvalSpec keys (heldout comes from `heldout`)")
     report_metrics: list[str] = Field(default_factory=list, description="metrics of the main table, in order")
     arms: dict[str, ArmConfig]
+    validation: ValidationConfig | None = None
+
+    @model_validator(mode="after")
+    def _validation_arms(self):
+        v = self.validation
+        if v is None:
+            return self
+        for arm in [*v.arms, v.reference]:
+            if arm not in self.arms:
+                raise ValueError(f"validation: unknown arm '{arm}'{did_you_mean(arm, self.arms)}")
+        if not any(abs(v.budget - b) < 1e-9 for b in self.budgets):
+            raise ValueError(f"validation.budget {v.budget} is not one of the budgets {self.budgets}")
+        return self
 
     @field_validator("budgets")
     @classmethod
