@@ -169,6 +169,12 @@ class EmbeddingSpec(Strict):
         description="what of each row is embedded: prompt and answer as the model reads them, or the prompt only",
         json_schema_extra=HASH_NEUTRAL,
     )
+    shared_fs: bool = Field(
+        True,
+        description="under torchrun, ranks write their rows into one file by offset; false: rows are gathered to rank"
+        " 0, which writes the file (ranks whose filesystem cannot take concurrent writes)",
+        json_schema_extra=HASH_NEUTRAL,
+    )
 
 
 class SelectionSpec(Strict):
@@ -269,7 +275,7 @@ class Recipe(BaseModel):
         if self.selection.scorer is not None:
             selection["scorer"] = self.selection.scorer.hashed()
         selection["embedding"] = without_neutral_defaults(self.selection.embedding, selection["embedding"])
-        for key in ("cache", "cache_dir"):  # where embeddings are cached does not change any result
+        for key in ("cache", "cache_dir", "shared_fs"):  # where and how embeddings are stored changes no result
             selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}
         if self.eval is not None:

@@ -179,8 +179,10 @@ class RoundStages:
         texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer, self.sel.embedding.text)
         partial = path.with_name(f".{path.stem}.partial.npy")
         desc = f"round {k}: embedding" + (" with the base model" if base else "")
-        # under torchrun every rank embeds its shard into the one partial file (embedding.embed_rows_distributed)
-        emb = embed_rows(model, self.tokenizer, texts, self.sel.embedding, out=partial, desc=desc)
+        # under torchrun every rank embeds its shard into the one partial file, or (shared_fs: false) sends it to
+        # rank 0, which writes it (embedding.embed_rows_distributed)
+        spec = self.sel.embedding
+        emb = embed_rows(model, self.tokenizer, texts, spec, out=partial, desc=desc, shared_fs=spec.shared_fs)
         del emb
         key = self._cache_key(k, base)
 

@@ -188,3 +188,36 @@ def test_prompt_only_embedding_text_and_its_cache_key(tiny_model):
         for spec in (EmbeddingSpec(), EmbeddingSpec(text="prompt_response"), EmbeddingSpec(text="prompt"))
     )
     assert default == explicit != other
+
+
+def test_shared_fs_changes_neither_the_recipe_hash_nor_the_cache_key(tiny_model):
+    """`selection.embedding.shared_fs` says how the rows reach the file under torchrun, not what they are: an old
+    recipe keeps its hash, and either value names the same run and the same cached embeddings."""
+    from pathlib import Path
+
+    from diverse_axolotl.embedding import embedding_cache_key
+    from diverse_axolotl.recipe import EmbeddingSpec, Recipe
+
+    def recipe(**embedding):
+        selection = {"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2}
+        selection.update(selector={"name": "kcenter"}, embedding=embedding)
+        return Recipe(
+            path=Path("/recipes/recipe.yaml"),
+            output_dir=Path("/runs/run"),
+            axolotl={"base_model": "/models/tiny", "adapter": "lora", "sequence_len": 128},
+            selection=selection,
+        )
+
+    assert recipe().hash == recipe(shared_fs=True).hash == recipe(shared_fs=False).hash == "5952ab946998b685"
+    assert recipe(shared_fs=False).resolved()["selection"]["embedding"]["shared_fs"] is False  # run.json has it
+    keys = {embedding_cache_key("pool", tiny_model, None, EmbeddingSpec(shared_fs=v)) for v in (True, False)}
+    assert len(keys) == 1
+
+
+def test_the_stage_hands_shared_fs_to_embed_rows():
+    """RoundStages.embed is the one caller of embed_rows in the loop: the recipe's value must reach it."""
+    import inspect
+
+    from diverse_axolotl.stages import RoundStages
+
+    assert "shared_fs=spec.shared_fs" in inspect.getsource(RoundStages.embed)
