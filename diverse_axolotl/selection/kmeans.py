@@ -4,6 +4,8 @@
 seed, the GPU when faiss sees one. By default its initial centroids are k-means++ seeds drawn on the training
 rows (faiss alone starts from random rows, and with one run can split a big cluster and merge two small ones);
 `nredo` runs keep the lowest objective, which it returns and the selectors record in `last_info["kmeans"]`.
+It trains on a sample, then assigns every row (`assign`): under torchrun the assignment is the step that runs on
+every rank (`selection.sharded.ShardedAssigner`), with the same chunks and code, so the result does not change.
 Selectors built on it:
 
 * `kmeans_closest`: k = budget clusters over the rows not yet selected; the pick of each cluster is the row nearest
@@ -18,6 +20,7 @@ Selectors built on it:
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Literal, NamedTuple
 
 import faiss
@@ -70,47 +73,68 @@ def kmeans(
     nredo: int = 1,
     max_points_per_centroid: int = 256,
     init: str = "kmeans++",
+    rows: np.ndarray | None = None,
 ) -> KMeansResult:
-    """Lloyd's k-means with faiss: (centroids (k, d) float32, assignment (n,) int64, objective).
+    """Lloyd's k-means with faiss on `emb` (or its rows `rows`): (centroids (k, d) float32, assignment (n,) int64,
+    objective).
 
-    `emb` is copied to float32 C-contiguous when it is not already. Training runs on every GPU faiss can see,
-    else on the CPU. Training uses at most k * max_points_per_centroid rows (a random subsample, seeded, when the
-    input has more rows); every row is then assigned to its nearest centroid.
+    Two steps, so that the second can run sharded (`selection.sharded`): TRAIN on at most k *
+    max_points_per_centroid rows (a seeded subsample when there are more), on a GPU when faiss sees one, then
+    ASSIGN every row to its nearest centroid (`assign`). Rows are read as float32 where they are needed, so a
+    memmap is never loaded whole.
 
     `init="kmeans++"` (default): the initial centroids are k-means++ seeds drawn on the training rows (numpy,
     `default_rng(seed)`) and handed to faiss. `init="random"`: faiss's own initialisation (k distinct random
-    training rows, faiss seed = `seed` mod 2**31), which can split a big cluster and merge two small ones.
-    `nredo` runs are made (new seeds each) and the one with the lowest objective is kept. The objective is the sum
-    over ALL rows (not only the training rows) of the squared distance to their centroid.
+    training rows, faiss seed = `seed` mod 2**31) on faiss's own subsample, drawn here with faiss's generator,
+    which can split a big cluster and merge two small ones. `nredo` runs are made (new seeds each) and the one
+    with the lowest objective is kept. The objective is the sum over ALL rows (not only the training rows) of the
+    squared distance to their centroid.
     """
-    x = np.ascontiguousarray(emb, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"kmeans needs a 2-D array, got shape {x.shape}")
-    n, d = x.shape
+    if not isinstance(emb, np.ndarray):
+        emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2:
+        raise ValueError(f"kmeans needs a 2-D array, got shape {emb.shape}")
+    n = len(emb) if rows is None else len(rows)
     if not 1 <= k <= n:
         raise ValueError(f"kmeans: k={k} must be between 1 and the number of rows ({n})")
     if init not in ("kmeans++", "random"):
         raise ValueError(f"kmeans: init must be 'kmeans++' or 'random', got {init!r}")
     rng = np.random.default_rng(seed)
+    cap = k * int(max_points_per_centroid)
     best = None
     for redo in range(int(nredo)):
-        if init == "random":
-            result = _faiss_kmeans(x, k, seed + redo, niter, max_points_per_centroid, None)
+        if init == "random":  # the rows faiss would subsample itself, in its order (rand_perm seeded by its seed)
+            train = take_rows(emb, rows, None if n <= cap else faiss_perm(n, seed + redo)[:cap])
+            centroids = train_kmeans(train, k, seed + redo, niter, max_points_per_centroid)
         else:
-            cap = k * int(max_points_per_centroid)
-            train = x if n <= cap else x[np.sort(rng.choice(n, size=cap, replace=False))]
-            result = _faiss_kmeans(
-                x, k, seed + redo, niter, max_points_per_centroid, train, kmeans_plus_plus(train, k, rng)
-            )
-        if best is None or result.objective < best.objective:
-            best = result
+            train = take_rows(emb, rows, None if n <= cap else np.sort(rng.choice(n, size=cap, replace=False)))
+            seeds = kmeans_plus_plus(train, k, rng)
+            centroids = train_kmeans(train, k, seed + redo, niter, max_points_per_centroid, seeds)
+        del train
+        assignment, objective = assign(emb, rows, centroids)
+        if best is None or objective < best.objective:
+            best = KMeansResult(centroids, assignment, objective)
     assert best is not None  # nredo >= 1
     return best
 
 
-def _faiss_kmeans(x, k, seed, niter, max_points_per_centroid, train, init_ids=None) -> KMeansResult:
-    """One faiss k-means run: on `train` from its rows `init_ids` when given, else on `x` with faiss's random
-    initialisation; then every row of `x` is assigned to its nearest centroid."""
+def take_rows(emb, rows, ids) -> np.ndarray:
+    """Rows `ids` (None: all; a slice or an id array) of `emb[rows]`, float32 C-contiguous, reading only those."""
+    if rows is not None:
+        ids = rows if ids is None else rows[ids]
+    return np.ascontiguousarray(emb if ids is None else emb[ids], dtype=np.float32)
+
+
+def faiss_perm(n: int, seed: int) -> np.ndarray:
+    """faiss's `rand_perm(n, seed)`: the order in which `faiss.Kmeans` subsamples its training rows."""
+    perm = np.empty(n, dtype=np.int32)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, int(seed) % (2**31))  # type: ignore[attr-defined]
+    return perm.astype(np.int64)
+
+
+def train_kmeans(train: np.ndarray, k: int, seed: int, niter: int, max_points_per_centroid: int, init_ids=None):
+    """Centroids (k, d) float32 of one faiss k-means run on `train`: from its rows `init_ids`, else from faiss's
+    random rows. `train` never exceeds k * max_points_per_centroid rows, so faiss subsamples nothing itself."""
     options = dict(
         niter=int(niter),
         nredo=1,
@@ -121,24 +145,56 @@ def _faiss_kmeans(x, k, seed, niter, max_points_per_centroid, train, init_ids=No
     )
     if faiss.get_num_gpus() > 0:
         options["gpu"] = True
-    km = faiss.Kmeans(x.shape[1], int(k), **options)
+    km = faiss.Kmeans(train.shape[1], int(k), **options)
     if init_ids is None:
-        km.train(x)
+        km.train(train)
     else:
         km.train(train, init_centroids=np.ascontiguousarray(train[init_ids]))
-    _, assignment = km.index.search(x, 1)  # after training the index holds exactly the k centroids
-    centroids, assignment = np.asarray(km.centroids, dtype=np.float32), assignment.ravel().astype(np.int64)
-    return KMeansResult(centroids, assignment, squared_error(x, centroids, assignment))
+    return np.asarray(km.centroids, dtype=np.float32)
 
 
-def squared_error(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray, chunk: int = 65536) -> float:
-    """Sum of squared distances of the rows to their centroids, from differences in float64 (faiss's own distances
-    are |x|^2 - 2 x.c + |c|^2 in float32, which cancels when the rows are far from the origin)."""
-    total = 0.0
-    for s in range(0, len(x), chunk):
-        diff = x[s : s + chunk].astype(np.float64) - centroids[assignment[s : s + chunk]]
-        total += float(np.einsum("ij,ij->", diff, diff))
-    return total
+# -- assignment: the step that runs sharded under torchrun --------------------------------------------------------
+ASSIGN_CHUNK = 16384  # rows per faiss search; chunks are the unit ranks share, so results never depend on W
+
+#: Under torchrun, `selection.sharded` sets this to an assigner of the ranks' blocks (see `assign`).
+ASSIGNER: ContextVar = ContextVar("kmeans_assigner", default=None)
+
+
+def assign(emb, rows, centroids: np.ndarray) -> tuple[np.ndarray, float]:
+    """(nearest centroid of every row of `emb[rows]`, int64; objective). In one process: `assign_chunks` over all
+    chunks. Under a sharded assigner that holds this same array, each rank assigns its own chunks instead; the
+    chunks and the code are the same, so the result is identical."""
+    hook = ASSIGNER.get()
+    if hook is not None and hook.covers(emb):
+        return hook(rows, centroids)
+    n = len(emb) if rows is None else len(rows)
+    assignment, sums = assign_chunks(emb, rows, centroids, 0, n_chunks(n))
+    return assignment.astype(np.int64), float(sum(sums))
+
+
+def n_chunks(n: int) -> int:
+    return -(-n // ASSIGN_CHUNK)
+
+
+def assign_chunks(emb, rows, centroids: np.ndarray, first: int, last: int, gpu: int | None = None):
+    """Chunks [first, last) of the rows: (their nearest centroid as int32, each chunk's sum of squared distances).
+
+    One faiss flat search per chunk (ties to the lower centroid id, as faiss's top-1 keeps the first minimum);
+    the squared errors are summed in float64 from differences (faiss's own distances are |x|^2 - 2 x.c + |c|^2
+    in float32, which cancels when the rows are far from the origin)."""
+    n = len(emb) if rows is None else len(rows)
+    index: faiss.Index = faiss.IndexFlatL2(centroids.shape[1])
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu or 0, index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    parts, sums = [], []
+    for c in range(first, last):
+        x = take_rows(emb, rows, slice(c * ASSIGN_CHUNK, min((c + 1) * ASSIGN_CHUNK, n)))
+        a = index.search(x, 1)[1].ravel()
+        diff = x.astype(np.float64) - centroids[a].astype(np.float64)
+        parts.append(a.astype(np.int32))
+        sums.append(float(np.einsum("ij,ij->", diff, diff)))
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)), sums
 
 
 def kmeans_info(k: int, objective: float, knobs) -> dict:
@@ -211,12 +267,14 @@ class KMeansClosestSelector(Selector):
     def _select(self, embeddings, budget, already_selected, scores, seed):
         p = self.params
         avail = available_rows(len(embeddings), already_selected)
-        x = np.ascontiguousarray(np.asarray(embeddings)[avail], dtype=np.float32)
-        centroids, assignment, objective = kmeans(x, budget, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init)
+        centroids, assignment, objective = kmeans(
+            embeddings, budget, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init, rows=avail
+        )
         self.last_info = {"kmeans": kmeans_info(budget, objective, p)}
         sizes = np.bincount(assignment, minlength=budget)
         order = np.argsort(-sizes, kind="stable")
-        return avail[nearest_unused(x, centroids[order])]
+        # the nearest rows are searched among all unselected rows at once: under torchrun, on rank 0 (not sharded)
+        return avail[nearest_unused(take_rows(embeddings, avail, None), centroids[order])]
 
 
 @register
@@ -229,8 +287,9 @@ class KMeansRandomSelector(Selector):
         p = self.params
         avail = available_rows(len(embeddings), already_selected)
         k = min(p.n_clusters or budget, len(avail))
-        x = np.asarray(embeddings)[avail]
-        _, assignment, objective = kmeans(x, k, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init)
+        _, assignment, objective = kmeans(
+            embeddings, k, seed, p.niter, p.nredo, p.max_points_per_centroid, p.init, rows=avail
+        )
         self.last_info = {"kmeans": kmeans_info(k, objective, p)}
         sizes = np.bincount(assignment, minlength=k)
         quotas = proportional_quotas(sizes, budget, sizes)
