@@ -19,6 +19,7 @@ import torch
 from . import distributed
 from .faults import failpoint
 from .inference import padded_batch, token_budget_batches
+from .io import link_or_copy
 from .models import decoder_body
 from .progress import progress_bar
 
@@ -315,20 +316,6 @@ def default_cache_dir() -> Path:
     return cache_root() / "embeddings"
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link when possible (no second copy on disk), else copy; `dst` appears atomically."""
-    import os
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def cache_file(cache_dir: Path, key: str) -> Path:
     """Where the cache keeps the embeddings of `key`."""
     return Path(cache_dir) / f"{key}.npy"
@@ -338,10 +325,9 @@ def cache_fetch(cache_dir: Path, key: str, dst: Path) -> bool:
     src = cache_file(cache_dir, key)
     if not src.is_file():
         return False
-    _link_or_copy(src, dst)
+    link_or_copy(src, dst)  # creates dst's folder: round 0 of a `round0: base` run has none yet
     return True
 
 
 def cache_store(cache_dir: Path, key: str, src: Path) -> None:
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    _link_or_copy(src, cache_file(cache_dir, key))
+    link_or_copy(src, cache_file(cache_dir, key))

@@ -100,6 +100,21 @@ def test_round0_base_is_kcenter_on_the_base_embeddings(tmp_path, tiny_model, poo
     rows = [json.loads(line) for line in (run / "round_0" / "train.jsonl").read_text().splitlines()]
     assert rows == [pool[i] for i in expected]
 
+    # A second base run on the same pool and model finds the base embeddings in the cache before its round_0
+    # folder exists (the CPU quality benchmark's second one-shot arm died there: FileNotFoundError).
+    second = tmp_path / "second"
+    second.mkdir()
+    again = write_recipe(
+        second,
+        tiny_model,
+        pool_file,
+        {"round0": "base", "rounds": 0, "seed_size": 6, "selector": {"name": "kcenter", "device": "cpu"}},
+    )
+    result = CliRunner().invoke(main, ["run", str(again)])
+    assert result.exit_code == 0, result.output
+    assert "base model embeddings reused from the cache" in result.output
+    assert manifest(second / "run", 0)["indices"] == expected[:6].tolist()  # farthest-first: a prefix
+
 
 @pytest.mark.slow
 def test_iterative_kmq_is_algorithm_1_from_a_kmq_draw_on_the_base_model(tmp_path, tiny_model, pool_file):
