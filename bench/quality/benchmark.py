@@ -487,7 +487,10 @@ def _setup_section(cfg: QualityConfig, meta: dict, plans, n: int, model: Path, g
     arm_rows = []
     for name, arm in cfg.arms.items():
         example = next((p for p in plans if p.arm == name), None)
-        sel = ", ".join(f"{k}={v}" for k, v in arm.selector.items() if k != "name")
+        sel = ", ".join(
+            [f"{k}={v}" for k, v in arm.selector.items() if k != "name"]
+            + [f"embedding.{k}={v}" for k, v in arm.embedding.items()]
+        )
         how = {
             "fixed": "round 0 only: the budget drawn at random",
             "base": "the selector on the base model's embeddings (no adapter) fills the budget; one training",
@@ -646,9 +649,9 @@ def _diversity_section(agg, arms, budgets, meta, collected, plots: Path) -> list
     if budgets:
         png = plots / "source_mix.png"
         total = sum(c["rows"] for c in meta["sources"].values()) or 1
-        plot_composition(
-            agg, arms, budgets[-1], sources, png, {s: c["rows"] / total for s, c in meta["sources"].items()}
-        )
+        # the largest budget that has subsets (a partial grid may have none at the largest yet)
+        shown = next((b for b in reversed(budgets) if any((a, b) in agg for a in arms)), budgets[-1])
+        plot_composition(agg, arms, shown, sources, png, {s: c["rows"] / total for s, c in meta["sources"].items()})
         md += [f"![source mix](plots/{png.name})", ""]
     return md
 
