@@ -214,7 +214,7 @@ class Loop:
         return self.paths.missing_artefacts(
             k,
             self.sel.rounds,
-            embeds=self.selector.needs_embeddings,
+            embeds=self.stages.embeds(k),
             scores=self.stages.scorer_name is not None,
             evaluates=self.stages.evaluates(k),
         )

@@ -103,23 +103,24 @@ class RoundPicker:
 
             return select_across_ranks(self.selector, emb, budget, selected, scores, seed, state, len(self.stages.rows))
         with_state = getattr(self.selector, "select_with_state", None)
+        n_rows = len(self.stages.rows) if emb is None else None
         if with_state is None:
-            n_rows = len(self.stages.rows) if emb is None else None
             return self.selector.select(
                 emb, budget, already_selected=selected, scores=scores, seed=seed, n_rows=n_rows
             ), None
-        return with_state(emb, budget, already_selected=selected, scores=scores, seed=seed, state=state)
+        return with_state(emb, budget, already_selected=selected, scores=scores, seed=seed, state=state, n_rows=n_rows)
 
     def select_next(self, k: int) -> dict[str, float]:
         """Embed, score and select after round k; writes round k+1's files. Returns seconds per stage."""
         st = self.stages
         selected, entered = read_manifest(self.paths, k)
         timings = {}
-        need_model = self.selector.needs_embeddings or st.scorer_name is not None
+        embeds = st.embeds(k)
+        need_model = embeds or st.scorer_name is not None
         model = st.model(k) if need_model and not st.stage_outputs_exist(k) else None
         t = time.perf_counter()
         with all_cpu_threads():
-            emb = st.embed(k, model) if self.selector.needs_embeddings else None
+            emb = st.embed(k, model) if embeds else None
             timings["embed_s"] = time.perf_counter() - t
             t = time.perf_counter()
             scores = st.score(k, model, selected)

@@ -19,7 +19,7 @@ from .distributed import agreed, on_rank0
 from .faults import failpoint, pause_point
 from .models import all_cpu_threads
 from .recipe import Recipe
-from .run_paths import RunPaths, read_manifest
+from .run_paths import RunPaths, read_manifest, read_selector_state
 
 
 class RoundStages:
@@ -222,9 +222,18 @@ class RoundStages:
         on_rank0(save_npy, path, values)
         return values
 
+    def embeds(self, k: int) -> bool:
+        """Whether the selection after round k reads the pool's embeddings with round k's adapter: the selector
+        decides from the state saved with round k (iterative kMQ clusters once, then reads only its state)."""
+        if not self.selector.needs_embeddings:
+            return False
+        if not self.paths.manifest(k).is_file():
+            return True
+        return self.selector.needs_embeddings_given(read_selector_state(self.paths, k))
+
     def stage_outputs_exist(self, k: int) -> bool:
         """Round k's embeddings and scores (those the selector uses) are in the round folder or the cache."""
-        has_emb = not self.selector.needs_embeddings or self.embed_from_cache(k)
+        has_emb = not self.embeds(k) or self.embed_from_cache(k)
         return has_emb and (self.scorer_name is None or agreed(self.paths.scores(k).is_file))
 
     def restore_stage_outputs(self, k: int) -> None:
@@ -235,7 +244,7 @@ class RoundStages:
         selected, _ = read_manifest(self.paths, k)
         model = self.model(k)
         with all_cpu_threads():
-            if self.selector.needs_embeddings:
+            if self.embeds(k):
                 self.embed(k, model)
             self.score(k, model, selected)
 

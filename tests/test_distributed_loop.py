@@ -170,8 +170,9 @@ def test_a_stateful_kmeans_selector_with_scores_runs_on_rank0_and_its_picks_reac
     assert m0["indices"] == get_selector("kmq", n_clusters=4).select(base, 8, seed=0).tolist()
     state0 = read_selector_state(RunPaths(run), 0)
     selected = np.asarray(m0["indices"])
+    assert not (run / "round_0" / "embeddings.npy").exists()  # the clusters are in the state: no re-embedding
     new, _ = get_selector("iterative_kmq", n_clusters=4).select_with_state(
-        np.load(run / "round_0" / "embeddings.npy"),
+        None,
         6,
         selected,
         np.load(run / "round_0" / "scores.npy"),

@@ -74,6 +74,21 @@ def base_embeddings(model_dir, pool_file) -> np.ndarray:
     return np.asarray(embed_rows(load_model(model_dir, None, "cpu"), tok, texts, spec))
 
 
+def count_pool_embeddings(monkeypatch) -> list[str]:
+    """The progress label of every pool embedding the loop makes from now on (embedding.embed_rows wrapped)."""
+    import diverse_axolotl.embedding as embedding
+
+    calls: list[str] = []
+    real = embedding.embed_rows
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "embed_rows", counting)
+    return calls
+
+
 def manifest(run, k) -> dict:
     return json.loads((run / f"round_{k}" / "manifest.json").read_text())
 
@@ -117,11 +132,13 @@ def test_round0_base_is_kcenter_on_the_base_embeddings(tmp_path, tiny_model, poo
 
 
 @pytest.mark.slow
-def test_iterative_kmq_is_algorithm_1_from_a_kmq_draw_on_the_base_model(tmp_path, tiny_model, pool_file):
+def test_iterative_kmq_is_algorithm_1_from_a_kmq_draw_on_the_base_model(tmp_path, tiny_model, pool_file, monkeypatch):
     selector = {"name": "iterative_kmq", "n_clusters": 4}
     recipe = write_recipe(tmp_path, tiny_model, pool_file, {"round0": "base", "rounds": 1, "selector": selector})
+    embedded = count_pool_embeddings(monkeypatch)
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
+    assert embedded == ["round 0: embedding with the base model"]  # clustered once, never re-embedded
     run = tmp_path / "run"
     emb = base_embeddings(tiny_model, pool_file)
     # round 0: a kMQ draw on the base model's embeddings
@@ -139,7 +156,39 @@ def test_iterative_kmq_is_algorithm_1_from_a_kmq_draw_on_the_base_model(tmp_path
     means = cluster_means(state0["assignment"], 4, selected, scores)
     weights, _ = update_weights(state0["weights"], means, "eq6")
     np.testing.assert_allclose(state1["weights"], weights, rtol=1e-12)
+    assert not (run / "round_0" / "embeddings.npy").exists()  # the clusters are in the state
     new, _ = get_selector("iterative_kmq", n_clusters=4).select_with_state(
-        np.load(run / "round_0" / "embeddings.npy"), 6, selected, scores, seed=1, state=state0
+        None, 6, selected, scores, seed=1, state=state0, n_rows=len(emb)
     )
     assert manifest(run, 1)["indices"][8:] == new.tolist()
+
+
+@pytest.mark.slow
+def test_iterative_kmq_from_a_random_round0_embeds_the_pool_once(tmp_path, tiny_model, pool_file, monkeypatch):
+    """Round 0 is random; the first selection clusters round 0's adapter's embeddings; later rounds draw from
+    those clusters (the state) without embedding the pool again: the picks are those the state alone gives."""
+    selector = {"name": "iterative_kmq", "n_clusters": 3}
+    recipe = write_recipe(tmp_path, tiny_model, pool_file, {"rounds": 2, "selector": selector})
+    embedded = count_pool_embeddings(monkeypatch)
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert embedded == ["round 0: embedding"]
+    assert (run / "round_0" / "embeddings.npy").is_file() and not (run / "round_1" / "embeddings.npy").exists()
+    state1 = read_selector_state(RunPaths(run), 1)
+    selected = np.asarray(manifest(run, 1)["indices"])
+    new, _ = get_selector("iterative_kmq", n_clusters=3).select_with_state(
+        None,
+        6,
+        selected,
+        np.load(run / "round_1" / "scores.npy"),
+        seed=2,
+        state=state1,
+        n_rows=len(state1["assignment"]),
+    )
+    assert manifest(run, 2)["indices"][len(selected) :] == new.tolist()
+    # a re-run finds every round complete (no embeddings promised after round 0) and redoes none of them
+    before = {p: p.stat().st_mtime_ns for p in run.glob("round_*/**/*") if p.is_file()}
+    again = CliRunner().invoke(main, ["run", str(recipe)])
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in run.glob("round_*/**/*") if p.is_file()} == before

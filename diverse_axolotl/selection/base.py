@@ -47,6 +47,12 @@ class Selector:
     def __init__(self, **params):
         self._configure(parse_params(self.name, self.Params, params))
 
+    def needs_embeddings_given(self, state: dict | None) -> bool:
+        """Whether a round that starts from `state` (the previous round's, from `select_with_state`; None for the
+        first) reads the pool's embeddings. A selector whose state already holds all it took from them (iterative
+        kMQ's fixed clusters) says no, and the loop skips embedding the pool with that round's adapter."""
+        return self.needs_embeddings
+
     @classmethod
     def from_params(cls, params: BaseModel) -> Selector:
         """A selector from parameters already validated (a recipe's resolved `Params`), without validating again."""

@@ -8,8 +8,9 @@ One round here, `select_with_state(embeddings, budget, already_selected, scores,
 
 1. Clusters. With no `state`: k-means on the given embeddings (`n_clusters`, `kmq.cluster_pool`) and, as each
    cluster's weight, its share of the pool (the kMQ prior). With a `state`: its assignment and weights, unchanged;
-   the embeddings are then only checked for their row count. So the clustering is made once per run (on the
-   embeddings of the first call) and fixed afterwards, as in the paper and the reference code.
+   the embeddings are then not read (given, only their row count is checked), so the loop does not embed the pool
+   for those rounds (`needs_embeddings_given`). The clustering is made once per run (on the embeddings of the
+   first call) and fixed afterwards, as in the paper and the reference code.
 2. s_c = mean score of cluster c's trained rows (`already_selected`; the loop rescores every trained row with the
    current model each round). A cluster with no trained row has no score and keeps its weight (no evidence, no
    change); the clusters with a score share the weight they held before.
@@ -191,23 +192,43 @@ class IterativeKMQSelector(Selector):
     scores = "selected"
     default_scorer = "perplexity"
 
+    def needs_embeddings_given(self, state: dict | None) -> bool:
+        """Only the first round clusters; later rounds draw from the clusters the state carries (Algorithm 1)."""
+        return state is None
+
     def select_with_state(
-        self, embeddings, budget: int, already_selected=(), scores=None, seed: int = 0, state: dict | None = None
+        self,
+        embeddings,
+        budget: int,
+        already_selected=(),
+        scores=None,
+        seed: int = 0,
+        state: dict | None = None,
+        n_rows: int | None = None,
     ) -> tuple[np.ndarray, dict]:
-        """(picks, new state): one round of Algorithm 1 from `state` (None: cluster `embeddings` first)."""
-        emb = check_embeddings(embeddings)
-        n = len(emb)
+        """(picks, new state): one round of Algorithm 1 from `state` (None: cluster `embeddings` first). With a
+        state, `embeddings` may be None (the clusters are in the state; `n_rows` checks the pool size)."""
+        if embeddings is None:
+            if state is None:
+                raise UserError(f"selector '{self.name}' needs embeddings to cluster the pool")
+            n = len(np.asarray(state.get("assignment", ())))
+            if n_rows is not None and n_rows != n:
+                raise UserError(f"iterative_kmq: the previous round's clusters cover {n} rows, the pool has {n_rows}")
+            emb = None
+        else:
+            emb = check_embeddings(embeddings)
+            n = len(emb)
         chosen = check_already_selected(already_selected, n)
         budget = check_budget(budget, n - len(chosen), self.name)
         score_arr = check_scores(scores, n) if scores is not None else None
-        picks, new_state = self._round(emb, budget, chosen, score_arr, int(seed), state)
+        picks, new_state = self._round(emb, n, budget, chosen, score_arr, int(seed), state)
         _assert_valid_picks(picks, budget, chosen, n, self.name)
         return picks, new_state
 
     def _select(self, embeddings, budget, already_selected, scores, seed):
-        return self._round(embeddings, budget, already_selected, scores, seed, None)[0]
+        return self._round(embeddings, len(embeddings), budget, already_selected, scores, seed, None)[0]
 
-    def _round(self, emb, budget, chosen, scores, seed, state):
+    def _round(self, emb, n, budget, chosen, scores, seed, state):
         p = self.params
         if scores is None and len(chosen):
             raise UserError("selector 'iterative_kmq' needs scores of the trained rows: set a scorer in the recipe")
@@ -216,7 +237,7 @@ class IterativeKMQSelector(Selector):
             sizes = np.bincount(assignment, minlength=k).astype(np.float64)
             previous = sizes / sizes.sum()
         else:
-            assignment, previous = check_state(state, len(emb))
+            assignment, previous = check_state(state, n)
             k = len(previous)
         means = cluster_means(assignment, k, chosen, scores)
         weights, shift = update_weights(previous, means, p.update, p.epsilon, p.eta, p.temperature, p.mix)

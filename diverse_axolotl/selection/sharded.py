@@ -47,7 +47,13 @@ def select_across_ranks(selector, emb, budget: int, already_selected, scores, se
             new_state = None
         else:
             picks, new_state = with_state(
-                emb, budget, already_selected=already_selected, scores=scores, seed=seed, state=state
+                emb,
+                budget,
+                already_selected=already_selected,
+                scores=scores,
+                seed=seed,
+                state=state,
+                n_rows=n_rows if emb is None else None,
             )
         return np.asarray(picks, dtype=np.int64), new_state, selector.last_info
 
