@@ -288,25 +288,27 @@ def check_finite(emb, where: str) -> None:
 
 
 def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
-    """(pool, base model, adapter weights, pooling, layer, max_length, dtype) -> a hex key."""
+    """(pool, base model, adapter weights, the embedding settings that change the numbers, dtype) -> a hex key.
+
+    The settings are those that say what a row's vector is (pooling, layer, max_length, text), not how it is
+    computed or delivered (batch_tokens, shared_fs, cache). One added later enters the key only when it differs
+    from its default (`hashing.HASH_NEUTRAL`), so embeddings cached before it existed are still found."""
     import hashlib
     import json
 
     from .data import file_sha256
+    from .hashing import without_neutral_defaults
     from .models import dtype_name
 
     adapter_digest = file_sha256(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
+    what = {name: getattr(spec, name) for name in ("pooling", "layer", "max_length", "text")}
     payload = {
         "pool": pool_digest,
         "model": model_fingerprint(base_model),
         "adapter": adapter_digest,
-        "pooling": spec.pooling,
-        "layer": spec.layer,
-        "max_length": spec.max_length,
+        **without_neutral_defaults(spec, what),
         "dtype": dtype_name(spec.dtype, spec.device),  # what `auto` stands for on this machine
     }
-    if getattr(spec, "text", "prompt_response") != "prompt_response":  # the default keeps earlier keys valid
-        payload["text"] = spec.text
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -221,3 +221,20 @@ def test_the_stage_hands_shared_fs_to_embed_rows():
     from diverse_axolotl.stages import RoundStages
 
     assert "shared_fs=spec.shared_fs" in inspect.getsource(RoundStages.embed)
+
+
+def test_the_embedding_cache_key_of_default_settings_is_the_one_written_before_text_existed(tiny_model):
+    """Embeddings cached before `text` and `shared_fs` were added keep their key: the payload then was exactly
+    pool, model, adapter, pooling, layer, max_length and dtype (restated here by hand)."""
+    import hashlib
+    import json
+
+    from diverse_axolotl.embedding import embedding_cache_key, model_fingerprint
+    from diverse_axolotl.models import dtype_name
+    from diverse_axolotl.recipe import EmbeddingSpec
+
+    spec = EmbeddingSpec(pooling="last", layer=1, max_length=64, batch_tokens=99, shared_fs=False)
+    payload = {"pool": "p", "model": model_fingerprint(tiny_model), "adapter": None, "pooling": "last", "layer": 1}
+    payload.update(max_length=64, dtype=dtype_name(spec.dtype, spec.device))
+    before = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    assert embedding_cache_key("p", tiny_model, None, spec) == before

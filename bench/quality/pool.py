@@ -44,6 +44,21 @@ def _template_choice(cfg: QualityConfig, spec, templates: list[str]) -> set[str]
     return set(sorted(templates)[i] for i in rng.permutation(len(templates))[:choice])
 
 
+def candidate_ids(src, raws: list[dict], taken: set[int]) -> tuple[list[int], int]:
+    """(ids of the rows of one source file a pool or validation split may draw, how many were dropped as empty):
+    eligible for the source, not in `taken` (held-out or already used), with a non-empty instruction and answer."""
+    candidates, empty = [], 0
+    for i, raw in enumerate(raws):
+        if i in taken or not src.eligible(raw):
+            continue
+        row = src.to_alpaca(raw)
+        if row["instruction"].strip() and row["output"].strip():
+            candidates.append(i)
+        else:
+            empty += 1
+    return candidates, empty
+
+
 def build_pool(cfg: QualityConfig, data_root: Path, out_dir: Path, log=print) -> dict[str, Any]:
     """Write pool.json and pool_meta.json (unchanged files are left alone); return the meta dict."""
     from diverse_axolotl.evaluation import SOURCES
@@ -58,16 +73,7 @@ def build_pool(cfg: QualityConfig, data_root: Path, out_dir: Path, log=print) ->
         raws = read_rows(Path(data_root) / src.path)
         held = set(excluded.get(name, []))
         ineligible = [i for i, r in enumerate(raws) if not src.eligible(r)]
-        candidates = []
-        empty = 0
-        for i, raw in enumerate(raws):
-            if i in held or not src.eligible(raw):
-                continue
-            row = src.to_alpaca(raw)
-            if not row["instruction"].strip() or not row["output"].strip():
-                empty += 1
-                continue
-            candidates.append(i)
+        candidates, empty = candidate_ids(src, raws, held)
         keep_templates = None
         if src.group_by:
             keep_templates = _template_choice(cfg, spec, sorted({str(r[src.group_by]) for r in raws}))

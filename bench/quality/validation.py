@@ -25,6 +25,7 @@ import numpy as np
 from diverse_axolotl.io import write_json
 
 from .config import QualityConfig, budget_label
+from .pool import candidate_ids
 
 
 def validation_rows(cfg: QualityConfig, data_root: Path, meta: dict[str, Any]) -> list:
@@ -42,14 +43,7 @@ def validation_rows(cfg: QualityConfig, data_root: Path, meta: dict[str, Any]) -
     for name in cfg.pool.sources:
         src = SOURCES[name]
         raws = read_rows(Path(data_root) / src.path)
-        taken = in_pool.get(name, set()) | excluded.get(name, set())
-        candidates = []
-        for i, raw in enumerate(raws):
-            if i in taken or not src.eligible(raw):
-                continue
-            row = src.to_alpaca(raw)
-            if row["instruction"].strip() and row["output"].strip():
-                candidates.append(i)
+        candidates, _ = candidate_ids(src, raws, in_pool.get(name, set()) | excluded.get(name, set()))
         rng = np.random.default_rng([cfg.validation.seed, zlib.crc32(name.encode()), 97])
         chosen = sorted(int(candidates[j]) for j in rng.permutation(len(candidates))[: cfg.validation.n_per_source])
         rows.extend(HeldoutRow(i, name, src.to_alpaca(raws[i])) for i in chosen)
