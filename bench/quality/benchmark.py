@@ -498,7 +498,12 @@ def _setup_section(cfg: QualityConfig, meta: dict, plans, n: int, model: Path, g
             "selection round fills the budget",
             "iterative": f"{cfg.iterative.seed_units} unit(s) random, "
             f"then +{cfg.iterative.step_units} unit(s) per round, "
-            "re-embedding with each round's adapter (retrained from the base)",
+            + (
+                "k-means once on round 0's adapter's embeddings, then each round's adapter (retrained from the base)"
+                " scores the trained rows"
+                if arm.selector.get("name") == "iterative_kmq"
+                else "re-embedding with each round's adapter (retrained from the base)"
+            ),
             "full": "every pool row",
         }[arm.mode]
         arm_rows.append(
