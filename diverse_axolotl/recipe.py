@@ -362,6 +362,9 @@ def load_recipe(path: str | Path) -> Recipe:
         if files and not Path(selection["pool"]["path"]).is_dir():  # beside a folder they name files inside it
             files = [files] if isinstance(files, str) else files
             selection["pool"]["data_files"] = [str(_resolve(base, f)) if isinstance(f, str) else f for f in files]
+    embedding = selection.get("embedding") if isinstance(selection, dict) else None
+    if isinstance(embedding, dict) and isinstance(embedding.get("cache_dir"), str):  # `~` and beside the recipe
+        selection["embedding"] = {**embedding, "cache_dir": _resolve(base, embedding["cache_dir"])}
     for block in ("selector", "scorer"):
         spec = selection.get(block) if isinstance(selection, dict) else None
         if isinstance(spec, dict):

@@ -238,3 +238,16 @@ def test_the_embedding_cache_key_of_default_settings_is_the_one_written_before_t
     payload.update(max_length=64, dtype=dtype_name(spec.dtype, spec.device))
     before = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
     assert embedding_cache_key("p", tiny_model, None, spec) == before
+
+
+def test_embedding_cache_dir_expands_home_and_is_read_beside_the_recipe(tmp_path, tiny_model, monkeypatch):
+    """`cache_dir: ~/x` is the user's home, a relative one sits beside the recipe (as every other recipe path);
+    neither changes the run's hash (where embeddings are stored decides no result)."""
+    from diverse_axolotl.recipe import load_recipe
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = load_recipe(recipe_file(tmp_path, tiny_model, name="a.yaml", embedding={"cache_dir": "~/emb"}))
+    near = load_recipe(recipe_file(tmp_path, tiny_model, name="b.yaml", embedding={"cache_dir": "emb"}))
+    assert home.selection.embedding.cache_dir == tmp_path / "home" / "emb"
+    assert near.selection.embedding.cache_dir == tmp_path / "emb"
+    assert home.hash == near.hash == load_recipe(recipe_file(tmp_path, tiny_model, name="c.yaml")).hash
