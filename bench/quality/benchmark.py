@@ -591,8 +591,13 @@ def _diversity_section(agg, arms, budgets, meta, collected, plots: Path) -> list
     sources = list(meta["sources"])
     if collected["space"]:
         md += [
-            f"Diversity measured for every arm in one embedding space: `{collected['space']}/embeddings.npy` "
-            "(base model + the tiny seed adapter). Vendi: cosine kernel, 1..rows; nn distance: mean Euclidean distance "
+            "Diversity measured for every arm in one embedding space: "
+            + (
+                "the base model's own (a `base` run's `round_0/base_embeddings.npy`, no adapter). "
+                if collected["space"] == "base model"
+                else f"`{collected['space']}/embeddings.npy` (base model + that run's round-0 adapter). "
+            )
+            + "Vendi: cosine kernel, 1..rows; nn distance: mean Euclidean distance "
             "to the nearest other selected row; coverage radius: largest distance from a pool row to the subset "
             "(what k-center minimises; lower = better covered). Means over seeds.",
             "",
