@@ -102,6 +102,15 @@ def destroy() -> None:
         _dist().destroy_process_group()
 
 
+def shutdown() -> None:
+    """End a finished run's process group on every rank: a barrier (no rank leaves while another still talks),
+    then the group destroyed. Left to interpreter exit, gloo's threads could outlive it and a rank that had
+    finished its work died with SIGABRT ("terminate called without an active exception"), failing the launch."""
+    if is_initialized():
+        barrier()
+        destroy()
+
+
 def barrier() -> None:
     if is_initialized() and world_size() > 1:
         dist = _dist()

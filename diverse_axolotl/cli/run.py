@@ -56,7 +56,7 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
     """Run every round of a recipe (re-running continues where it stopped)."""
     import contextlib
 
-    from ..distributed import init_from_env, is_rank0, on_rank0
+    from ..distributed import init_from_env, is_rank0, on_rank0, shutdown
     from ..faults import pause_point
     from ..loop import Loop
     from ..recipe import load_recipe
@@ -71,10 +71,10 @@ def run(recipe_file: Path, resume: bool, force: bool) -> None:
         on_rank0(loop.preflight)
         on_rank0(loop.prepare, resume=resume, force=force)
         summary = loop.run()
-    if not is_rank0():
-        return
-    print_summary(summary)
-    echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
+    if is_rank0():
+        print_summary(summary)
+        echo(f"run folder: {recipe.output_dir} (summary in {loop.paths.summary.name})")
+    shutdown()  # under torchrun: every rank leaves the group together (a no-op in one process)
 
 
 #: summary.json key -> stage table header
