@@ -333,6 +333,9 @@ def train_round(cfg: dict[str, Any], round_dir: Path, on_trained=None, descripti
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(work_dir, final_dir)
 
+    # Axolotl saves from each node's local main process, not only from global rank 0 (with --nnodes 2 a second
+    # rank was still writing into the folder when rank 0 moved it): every rank leaves train() before the move
+    distributed.barrier()
     distributed.on_rank0(into_place)
     sequence_len = int(axo_cfg.sequence_len) if axo_cfg.get("sequence_len") else None
     return TrainResult(
