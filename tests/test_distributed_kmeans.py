@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diverse_axolotl import distributed
 from diverse_axolotl.selection import kmeans as km
 
 N, DIM, BUDGET, CHUNK = 700, 9, 30, 37  # small chunks: many per rank, a ragged last one, rank edges inside blobs
@@ -80,7 +81,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         result[name] = _select(name, emb, chosen, scores, across)
         result[f"{name}.chunks"] = sum(assigned)  # chunks this rank assigned for this selector
     (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
-    dist.destroy_process_group()
+    distributed.shutdown()  # a barrier, then destroy: no rank tears gloo down while another still talks
 
 
 @pytest.mark.parametrize("world", [2, 3])

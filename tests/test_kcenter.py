@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diverse_axolotl import distributed
 from diverse_axolotl.selection import get_selector
 
 
@@ -65,7 +66,7 @@ def _distributed_worker(rank: int, world: int, port: int, data: np.ndarray, budg
         data[lo:hi], int(lo), len(data), budget, np.asarray(already, dtype=np.int64), torch.device("cpu")
     )
     np.save(f"{out_dir}/rank{rank}.npy", picks)
-    dist.destroy_process_group()
+    distributed.shutdown()  # a barrier, then destroy: no rank tears gloo down while another still talks
 
 
 @pytest.mark.parametrize("already", [[], [5, 77, 140]])
