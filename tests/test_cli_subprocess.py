@@ -90,3 +90,12 @@ def test_one_version_string():
     assert __version__ == metadata.version("diverse-axolotl") == pyproject
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.split()[-1] == pyproject
+
+
+@pytest.mark.parametrize("verb", ["run", "validate", "select", "selectors", "eval", "report", "init", "prepare-model"])
+def test_every_verbs_help_reaches_the_terminal(verb):
+    """`diverse-axolotl <verb> --help` prints its usage (it once went into the verb's log file, and -h too)."""
+    for flag in ("--help", "-h"):
+        proc = cli(verb, flag)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"Usage: diverse-axolotl {verb} "), proc.stdout[:200]
