@@ -247,11 +247,13 @@ class Loop:
                 "train_s": trained["seconds"],
             }
             row.pop("seconds")
+            # Evaluate before choosing the next round's rows: the round's numbers are on disk (eval.json) as soon as
+            # its adapter is, not after a pool embedding that can take longer than the training itself.
+            row.update(stages.evaluate(k))
             if k < self.sel.rounds and not agreed(self.paths.manifest(k + 1).is_file):
                 row.update({key: round(v, 2) for key, v in picker.select_next(k).items()})
             elif k < self.sel.rounds:
                 stages.restore_stage_outputs(k)
-            row.update(stages.evaluate(k))
             row["round_s"] = round(time.perf_counter() - t, 2) if not earlier else earlier.get("round_s")
             on_rank0(write_json, self.paths.done(k), row)
             summary.append(row)
