@@ -40,7 +40,8 @@ def test_cosine_kcenter_is_farthest_first_on_centred_unit_rows(seed):
     want = reference_farthest_first(u, 30, np.ones(len(x), bool), start=u.mean(0))
     got = get_selector("kcenter", device="cpu", normalize=True).select(x, 30)
     assert got.tolist() == want
-    plain = get_selector("kcenter", device="cpu").select(x, 30)
+    assert get_selector("kcenter", device="cpu").select(x, 30).tolist() == want  # cosine is the default
+    plain = get_selector("kcenter", device="cpu", normalize=False).select(x, 30)
     assert plain.tolist() != got.tolist()
 
 
@@ -60,9 +61,9 @@ def test_kcenter_with_outliers_never_picks_the_most_isolated_rows():
         [np.eye(8)[:5], -np.eye(8)[:5]]
     )  # ten far-flung rows: plain k-center takes them first
     x = x.astype(np.float32)
-    plain = get_selector("kcenter", device="cpu").select(x, 10)
+    plain = get_selector("kcenter", device="cpu", normalize=False).select(x, 10)
     assert set(plain.tolist()) == set(range(10))
-    sel = get_selector("kcenter", device="cpu", outlier_fraction=0.05, outlier_neighbours=3)
+    sel = get_selector("kcenter", device="cpu", outlier_fraction=0.05, outlier_neighbours=3, normalize=False)
     picks = sel.select(x, 40, already_selected=[50])
     skipped = most_isolated(x, 0.05, 3, [50], 0, False)
     assert set(range(10)) <= set(skipped.tolist()) and len(skipped) == 10
