@@ -88,21 +88,34 @@ class Loop:
         self.picker = RoundPicker(self.stages)
 
     def _carve_heldout(self):
-        """The user's held-out set (eval.heldout.file or .split), or None. A split leaves `self.rows` here, before
-        round 0, so no selector ever sees its rows: manifests' `indices` count the rows left, their `file_rows`
-        stay the pool file's row numbers, and run.json lists the carved ones."""
+        """The user's held-out set (eval.heldout.file or .split), or None. Its rows leave `self.rows` here, before
+        round 0, so no selector ever sees them: a split is carved from the pool, and pool rows that say what a
+        held-out file's row says are left out. Manifests' `indices` count the rows left, their `file_rows` stay
+        the pool file's row numbers, and run.json lists the held-out rows and counts the ones removed."""
         spec = self.recipe.eval.heldout if self.recipe.eval is not None else None
         if spec is None or not spec.own:
             return None
-        if spec.split is None:
-            return spec.own_set(self.sel.pool.format)
-        from .evaluation import carve_split
+        from .evaluation import carve_split, rows_in_heldout
 
         pool = self.sel.pool
-        keep, held = carve_split(self.rows, self.file_rows, spec.split, spec.group_field, pool.format, pool.path)
-        self.rows = [self.rows[i] for i in keep]
-        self.file_rows = [self.file_rows[i] for i in keep]
-        self.pool_stats = {**self.pool_stats, "heldout_carved": len(held.rows), "rows": len(self.rows)}
+        if spec.split is None:
+            held = spec.own_set(pool.format)
+            removed = set(rows_in_heldout(self.rows, pool.format, held))
+            keep = [i for i in range(len(self.rows)) if i not in removed]
+            if removed:
+                self.log(
+                    f"{pool.path}: {len(removed)} row(s) also in the held-out file {spec.file}; they are left out of"
+                    " selection"
+                )
+            stat = "heldout_overlap_removed"
+        else:
+            keep, held = carve_split(self.rows, self.file_rows, spec.split, spec.group_field, pool.format, pool.path)
+            stat = "heldout_carved"
+        if len(keep) < len(self.rows):
+            left_out = len(self.rows) - len(keep)
+            self.rows = [self.rows[i] for i in keep]
+            self.file_rows = [self.file_rows[i] for i in keep]
+            self.pool_stats = {**self.pool_stats, stat: left_out, "rows": len(self.rows)}
         return held
 
     def lock(self) -> RunLock:

@@ -266,22 +266,35 @@ class RoundStages:
 
     def _evaluate(self, k: int, path: Path) -> None:
         from .evaluation import evaluate_spec
+        from .evaluation.cache import evaluate_spec_cached
         from .training import note_log_on_error
 
         spec = self.recipe.eval
         assert spec is not None  # evaluates(k) said so
-        self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
-        with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
-            evaluate_spec(
-                spec,
-                self.recipe.base_model,
-                self.paths.adapter(k),
-                path,
-                device=spec.device,
-                dtype=spec.dtype,
-                trust_remote_code=self.trust_remote_code,
-                own=self.heldout,
-            )
+
+        def run() -> None:
+            self.log(f"round {k}: evaluating ({', '.join(spec.tasks)}; log: {self.paths.eval_log(k)})")
+            with all_cpu_threads(), note_log_on_error(self.paths.eval_log(k), f"round {k}'s evaluation output"):
+                evaluate_spec(
+                    spec,
+                    self.recipe.base_model,
+                    self.paths.adapter(k),
+                    path,
+                    device=spec.device,
+                    dtype=spec.dtype,
+                    trust_remote_code=self.trust_remote_code,
+                    own=self.heldout,
+                )
+
+        evaluate_spec_cached(
+            spec,
+            self.recipe.base_model,
+            self.paths.adapter(k),
+            path,
+            run,
+            self.heldout,
+            lambda m: self.log(f"round {k}: {m}"),
+        )
 
 
 def _fault_points(name: str) -> None:

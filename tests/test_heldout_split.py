@@ -135,3 +135,61 @@ def test_a_carved_split_is_never_selected_and_reported_per_group(tmp_path, tiny_
     assert report.exit_code == 0, report.output
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert all(name in markdown for name in per_group)
+
+
+def test_rows_that_say_what_a_heldout_row_says_are_found_across_formats():
+    from diverse_axolotl.evaluation import HeldoutSet, rows_in_heldout
+    from diverse_axolotl.evaluation.own_data import HeldoutRow
+
+    pool = alpaca_rows()[:10]
+    chat = {
+        "messages": [
+            {"role": "user", "content": f" {pool[5]['instruction']}\n"},
+            {"role": "assistant", "content": pool[5]["output"]},
+        ]
+    }
+    assert not pool[5]["input"]  # an alpaca row without input reads as one user turn
+    held = HeldoutSet(
+        [
+            HeldoutRow(0, "x", chat),
+            HeldoutRow(
+                1,
+                "x",
+                {
+                    "messages": [
+                        {"role": "user", "content": "nothing in the pool"},
+                        {"role": "assistant", "content": "no"},
+                    ]
+                },
+            ),
+        ],
+        "chat",
+        "f",
+    )
+    assert rows_in_heldout(pool, "alpaca", held) == [5]
+    same_format = HeldoutSet(
+        [HeldoutRow(0, "x", pool[7]), HeldoutRow(1, "x", {**pool[2], "output": "other"})], "alpaca", "f"
+    )
+    assert rows_in_heldout(pool, "alpaca", same_format) == [7]
+
+
+def test_pool_rows_also_in_the_heldout_file_are_never_selected(tmp_path, tiny_model):
+    from diverse_axolotl.loop import Loop
+    from diverse_axolotl.recipe import load_recipe
+
+    rows = labelled_rows(30)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(json.dumps(rows[i]) + "\n" for i in (4, 11, 25)))
+    recipe = write_recipe(tmp_path, tiny_model, pool)
+    recipe.write_text(
+        recipe.read_text()
+        + yaml.safe_dump({"eval": {"tasks": ["heldout_loss"], "heldout": {"file": str(held), "label": "topic"}}})
+    )
+    said: list[str] = []
+    loop = Loop(load_recipe(recipe), log=said.append)
+    assert loop.file_rows == [i for i in range(30) if i not in (4, 11, 25)]
+    assert loop.rows == [rows[i] for i in loop.file_rows]
+    assert loop.pool_stats["heldout_overlap_removed"] == 3 and loop.pool_stats["rows"] == 27
+    assert len(said) == 1 and "3 row(s) also in the held-out file" in said[0] and str(held) in said[0]

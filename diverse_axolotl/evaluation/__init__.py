@@ -39,7 +39,7 @@ from .lm_tasks import (
     parse_tasks,
     tasks_dir,
 )
-from .own_data import HeldoutSet, SplitSpec, carve_split, read_heldout_file
+from .own_data import HeldoutSet, SplitSpec, carve_split, read_heldout_file, rows_in_heldout
 from .run import evaluate, evaluate_spec, flat_metrics, json_safe
 from .spec import EvalSpec
 
@@ -57,6 +57,7 @@ __all__ = [
     "HeldoutSpec",
     "SplitSpec",
     "carve_split",
+    "rows_in_heldout",
     "exact_by_group",
     "heldout_exact",
     "loss_by_group",

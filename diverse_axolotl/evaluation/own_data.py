@@ -123,6 +123,27 @@ def carve_split(
     return keep, HeldoutSet(held, fmt, f"split of {pool} (seed {split.seed})")
 
 
+def row_texts(row: dict, fmt: str) -> tuple[str, ...]:
+    """What a row says, whatever its format: its texts in order, trimmed, empty ones left out. An alpaca row
+    (instruction, input, output) and a chat row with the same user and assistant turns give the same tuple."""
+    if fmt == "alpaca":
+        texts = [row.get("instruction"), row.get("input"), row.get("output")]
+    elif fmt == "chat":
+        texts = [m.get("content") for m in row.get("messages") or []]
+    elif fmt == "sharegpt":
+        texts = [t.get("value") for t in row.get("conversations") or []]
+    else:
+        texts = [row.get("text")]
+    return tuple(t for t in (str(x or "").strip() for x in texts) if t)
+
+
+def rows_in_heldout(rows: list[dict], fmt: str, held: HeldoutSet) -> list[int]:
+    """Positions of the pool `rows` (format `fmt`) that say what a held-out row says: training on them would
+    score the model on rows it was trained on."""
+    said = {row_texts(r.row, held.fmt) for r in held.rows}
+    return [i for i, row in enumerate(rows) if row_texts(row, fmt) in said]
+
+
 def read_heldout_file(path: Path, fmt: str, label: str | None) -> HeldoutSet:
     """A held-out file in any pool format, read and cleaned like a pool (empty rows skipped)."""
     from ..data import clean_pool

@@ -1,0 +1,133 @@
+"""Evaluations kept by what decides their numbers, so that an adapter met again is not evaluated again.
+
+Recipes that share a seed round train byte-identical round-0 adapters (every iterative recipe with the same seed,
+seed_size and pool does), and each would otherwise spend the whole evaluation again: 10-15 minutes per round on a
+CPU in the quality benchmark. The key holds everything the numbers depend on:
+- the adapter's files (sha256) and the base model (config.json, weight files' names, sizes and mtimes);
+- the whole `eval:` block, with the device and dtype that `auto` stands for on this machine;
+- the held-out rows themselves when the loop carved or read them (their content, not their origin);
+- the files our tasks and metrics read (names, sizes and mtimes of the `da_*` data files and the held-out sources);
+- the versions of this package, lm-eval, transformers, peft and torch.
+A task from lm-eval's own registry reads datasets we cannot fingerprint (the hub's cache), so an evaluation that
+names one is never cached. The cache lives in `<cache root>/evals/` ($DIVERSE_AXOLOTL_CACHE); deleting it is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..data import write_json
+from ..errors import UserError
+from .heldout import SOURCES, default_data_root
+from .lm_tasks import OUR_METRICS, _data_files, eval_data_dir, is_ours, parse_tasks
+from .own_data import HeldoutSet
+from .spec import EvalSpec
+
+_VERSIONED = ("diverse-axolotl", "lm_eval", "transformers", "peft", "torch")
+
+
+def _stat(path: Path) -> str | None:
+    """A file's name, size and mtime (None if missing): its identity without reading it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def eval_cache_key(spec: EvalSpec, base_model: str | Path, adapter: str | Path | None, own: HeldoutSet | None):
+    """The key of this evaluation (hex), or None when it cannot be cached (a task from lm-eval's registry, or
+    data that cannot be found: the evaluation itself then says what is missing)."""
+    from ..embedding import model_fingerprint
+    from ..models import dtype_name, resolve_device
+
+    requests = parse_tasks(spec.tasks)
+    lm_tasks = [r.name for r in requests if r.name not in OUR_METRICS]
+    ours = [r.name for r in requests if r.name in OUR_METRICS]
+    if any(not is_ours(name) for name in lm_tasks):
+        return None
+    files: list[str | None] = []
+    if lm_tasks:
+        data = eval_data_dir(spec.data_dir)
+        if data is None:
+            return None
+        files += [_stat(data / rel) for name in lm_tasks for rel in _data_files(name)]
+    if ours and spec.heldout.file is not None:
+        files.append(_stat(Path(spec.heldout.file)))
+    if "t0_exact" in ours or (ours and own is None and not spec.heldout.own):  # the benchmark sources are read
+        try:
+            root = Path(spec.heldout.data_root) if spec.heldout.data_root else default_data_root()
+        except UserError:
+            return None
+        files += [_stat(root / s.path) for s in SOURCES.values()]
+    if adapter is not None:
+        adapter = Path(adapter)
+        adapter_id: Any = {f: _sha256(adapter / f) for f in ("adapter_model.safetensors", "adapter_config.json")}
+    else:
+        adapter_id = None
+    payload = {
+        "spec": spec.model_dump(mode="json"),
+        "device": str(resolve_device(spec.device)),
+        "dtype": dtype_name(spec.dtype, spec.device),
+        "model": model_fingerprint(Path(base_model)),
+        "adapter": adapter_id,
+        "own": None if own is None else {"fmt": own.fmt, "rows": [[r.group, r.row] for r in own.rows]},
+        "files": files,
+        "versions": _versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    from ..cache import cache_root
+
+    return cache_root() / "evals"
+
+
+def evaluate_spec_cached(
+    spec: EvalSpec,
+    base_model: str | Path,
+    adapter: str | Path | None,
+    out_file: Path,
+    evaluate: Callable[[], Any],
+    own: HeldoutSet | None = None,
+    log: Callable[[str], None] = print,
+) -> bool:
+    """Write `out_file` from the cache when this evaluation was done before (True), else run `evaluate()` (which
+    writes `out_file`) and keep a copy (False). The copy's `meta.cached_from` names the adapter first evaluated."""
+    key = eval_cache_key(spec, base_model, adapter, own)
+    kept = cache_dir() / f"{key}.json" if key else None
+    if kept is not None and kept.is_file():
+        result = json.loads(kept.read_text())
+        result["meta"] = {
+            **result.get("meta", {}),
+            "cached_from": result.get("meta", {}).get("adapter"),
+            "adapter": str(adapter) if adapter is not None else None,
+            "cache_key": key,
+        }
+        write_json(out_file, result)
+        log(f"evaluation found in the cache ({kept}): same adapter, base model, eval block and data")
+        return True
+    evaluate()
+    if kept is not None and out_file.is_file():
+        write_json(kept, json.loads(out_file.read_text()))
+    return False
