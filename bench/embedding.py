@@ -113,7 +113,7 @@ def main() -> None:
     row_rel = np.linalg.norm(e16 - e32, axis=1) / np.linalg.norm(e32, axis=1)
     print(f"bf16 vs fp32 per row, |e16 - e32| / |e32|: median {np.median(row_rel):.2%}, max {row_rel.max():.2%}")
     k = min(args.picks, len(ids))
-    kc = get_selector("kcenter", device="cpu")
+    kc = get_selector("kcenter", device="cpu", normalize=False)  # Euclidean, as bench/RESULTS.md measured it
     p32, p16 = kc.select(e32, k).tolist(), kc.select(e16, k).tolist()
     same_order = next((i for i, (a, b) in enumerate(zip(p32, p16, strict=True)) if a != b), k)
     print(f"k-center, first {k} picks on these {len(ids)} rows: bf16 and fp32 share {len(set(p32) & set(p16))} of {k}"

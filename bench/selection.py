@@ -159,7 +159,7 @@ def main() -> None:
     # 1. kcenter vs the N x N reference
     x = mixture(s["kc_n"], s["kc_d"], seed=0)
     size = f"N={s['kc_n']:,} d={s['kc_d']:,} picks={s['kc_picks']:,}"
-    t_ours, ours = timed(get_selector("kcenter", device="cpu").select, x, s["kc_picks"])
+    t_ours, ours = timed(get_selector("kcenter", device="cpu", normalize=False).select, x, s["kc_picks"])
     print(f"kcenter (ours)            {t_ours:8.2f} s", flush=True)
     t_ref, ref = timed(reference_kcenter, x, s["kc_picks"])
     print(f"kcenter (N x N reference) {t_ref:8.2f} s", flush=True)
@@ -174,7 +174,7 @@ def main() -> None:
     size = f"N={s['sh_n']:,} d={s['sh_d']:,} picks={s['sh_picks']:,}, cosine ~0.8"
     exact = exact_farthest_first(x, s["sh_picks"])
     for dtype in ("float32", "bfloat16"):
-        t, picks = timed(get_selector("kcenter", device="cpu", dtype=dtype).select, x, s["sh_picks"])
+        t, picks = timed(get_selector("kcenter", device="cpu", dtype=dtype, normalize=False).select, x, s["sh_picks"])
         print(f"kcenter ({dtype}, shared) {t:8.2f} s", flush=True)
         rows.append((f"kcenter, {dtype} storage", size, t, overlap(picks, exact)))
     del x

@@ -300,7 +300,10 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
     from .hashing import without_neutral_defaults
     from .models import dtype_name
 
-    adapter_digest = file_sha256(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
+    adapter_digest = None
+    if adapter is not None:  # the weights file peft wrote (safetensors, or .bin from older peft)
+        weights = Path(adapter) / "adapter_model.safetensors"
+        adapter_digest = file_sha256(weights if weights.is_file() else Path(adapter) / "adapter_model.bin")
     what = {name: getattr(spec, name) for name in ("pooling", "layer", "max_length", "text")}
     payload = {
         "pool": pool_digest,

@@ -111,11 +111,10 @@ class Loop:
         else:
             keep, held = carve_split(self.rows, self.file_rows, spec.split, spec.group_field, pool.format, pool.path)
             stat = "heldout_carved"
-        if len(keep) < len(self.rows):
-            left_out = len(self.rows) - len(keep)
-            self.rows = [self.rows[i] for i in keep]
-            self.file_rows = [self.file_rows[i] for i in keep]
-            self.pool_stats = {**self.pool_stats, stat: left_out, "rows": len(self.rows)}
+        left_out = len(self.rows) - len(keep)
+        self.rows = [self.rows[i] for i in keep]
+        self.file_rows = [self.file_rows[i] for i in keep]
+        self.pool_stats = {**self.pool_stats, stat: left_out, "rows": len(self.rows)}
         return held
 
     def lock(self) -> RunLock:
@@ -132,12 +131,21 @@ class Loop:
         recipe, paths = self.recipe, self.paths
         if paths.run_info.is_file():
             previous = json.loads(paths.run_info.read_text())
-            if previous.get("recipe_hash") != recipe.hash:
+            rows_then = (previous.get("pool") or {}).get("rows")
+            other_rows = rows_then is not None and rows_then != self.pool_stats["rows"]
+            if previous.get("recipe_hash") != recipe.hash or other_rows:
                 if not self.paths.adapter_complete(0):
                     self.log(f"{paths.root}: replacing an earlier run that never finished training round 0")
                     clear_run(paths.root)
                 elif not force:
-                    raise UserError(self._mismatch(previous))
+                    raise UserError(
+                        self._mismatch(previous)
+                        if previous.get("recipe_hash") != recipe.hash
+                        else f"{paths.root}: the run selected from {rows_then} pool rows, this recipe leaves"
+                        f" {self.pool_stats['rows']} (the rows left out for the held-out set changed: its file was"
+                        " edited, or this version leaves out pool rows that repeat it), so its rounds' row numbers"
+                        " would point at other rows; name another output_dir, or use --force to start over"
+                    )
                 else:
                     kept = clear_run(paths.root)
                     self.log(

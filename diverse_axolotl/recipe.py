@@ -279,7 +279,7 @@ class Recipe(BaseModel):
             selection["embedding"].pop(key, None)
         payload = {"selection": selection, "axolotl": self.axolotl}
         if self.eval is not None:
-            payload["eval"] = self.eval.model_dump(mode="json")
+            payload["eval"] = self.eval.model_dump(mode="json", exclude={"cache"})  # reusing a result changes none
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved(self) -> dict[str, Any]:

@@ -294,6 +294,7 @@ class RoundStages:
             run,
             self.heldout,
             lambda m: self.log(f"round {k}: {m}"),
+            self.trust_remote_code,
         )
 
 

@@ -37,7 +37,27 @@ def test_the_key_changes_with_each_thing_the_numbers_depend_on(tiny_model, tmp_p
         eval_cache_key(EvalSpec(tasks=["heldout_loss", "heldout_exact"], limit=5), tiny_model, a, own),
         eval_cache_key(spec, tiny_model, a, held(alpaca_rows()[1:7])),
     }
-    assert len(different) == 5 and key not in different
+    (a / "adapter_model.bin").write_bytes(b"more weights")  # any file of the adapter folder counts
+    different.add(eval_cache_key(spec, tiny_model, a, own))
+    different.add(eval_cache_key(spec, tiny_model, adapter_dir(tmp_path / "copy", b"weights"), own, True))
+    assert len(different) == 7 and key not in different
+
+
+def test_the_key_follows_the_model_folder_and_this_packages_code(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from diverse_axolotl.evaluation import cache
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    spec, own = EvalSpec(tasks=["heldout_loss"]), held(alpaca_rows()[:3])
+    key = eval_cache_key(spec, model, None, own)
+    tok = next(p for p in model.iterdir() if p.name.startswith("tokenizer"))
+    tok.write_text(tok.read_text() + " ")
+    assert eval_cache_key(spec, model, None, own) != key
+    key = eval_cache_key(spec, model, None, own)
+    monkeypatch.setattr(cache, "_package_source_sha256", lambda: "edited code")
+    assert eval_cache_key(spec, model, None, own) != key
 
 
 def test_a_task_from_lm_evals_registry_is_never_cached(tiny_model, monkeypatch):
@@ -79,9 +99,20 @@ def test_a_second_identical_evaluation_is_read_from_the_cache(tiny_model, tmp_pa
     got = json.loads(second.read_text())
     assert got["metrics"] == {"heldout_loss": 1.25}
     assert got["meta"]["cached_from"] == str(first.parent) and got["meta"]["adapter"] == str(b)
+    assert "read from the cache" in (tmp_path / "r1" / "eval.log").read_text()
     # other held-out rows: evaluated again
     assert not evaluate_spec_cached(spec, tiny_model, b, third, fake_evaluation(third), held(alpaca_rows()[:5]))
     assert calls == [str(first), str(third)]
+    # eval.cache: false, or an unreadable entry: evaluated again
+    off = EvalSpec(tasks=["heldout_loss"], cache=False)
+    assert not evaluate_spec_cached(off, tiny_model, b, second, fake_evaluation(second), own)
+    from diverse_axolotl.evaluation.cache import cache_dir
+
+    key = eval_cache_key(spec, tiny_model, b, own)
+    (cache_dir() / f"{key}.json").write_text("{not json")
+    assert not evaluate_spec_cached(spec, tiny_model, b, second, fake_evaluation(second), own)
+    assert calls == [str(first), str(third), str(second), str(second)]
+    assert json.loads((cache_dir() / f"{key}.json").read_text())["metrics"] == {"heldout_loss": 1.25}  # rewritten
 
 
 @pytest.mark.parametrize("missing", ["data_dir", "data_root"])

@@ -171,6 +171,14 @@ def test_rows_that_say_what_a_heldout_row_says_are_found_across_formats():
         [HeldoutRow(0, "x", pool[7]), HeldoutRow(1, "x", {**pool[2], "output": "other"})], "alpaca", "f"
     )
     assert rows_in_heldout(pool, "alpaca", same_format) == [7]
+    with_input = pool[3]  # instruction and input become one user turn on two lines
+    assert with_input["input"]
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": f"{with_input['instruction']}\n{with_input['input']}"},
+        {"role": "assistant", "content": with_input["output"]},
+    ]
+    assert rows_in_heldout(pool, "alpaca", HeldoutSet([HeldoutRow(0, "x", {"messages": turns})], "chat", "f")) == [3]
 
 
 def test_pool_rows_also_in_the_heldout_file_are_never_selected(tmp_path, tiny_model):
@@ -193,3 +201,34 @@ def test_pool_rows_also_in_the_heldout_file_are_never_selected(tmp_path, tiny_mo
     assert loop.rows == [rows[i] for i in loop.file_rows]
     assert loop.pool_stats["heldout_overlap_removed"] == 3 and loop.pool_stats["rows"] == 27
     assert len(said) == 1 and "3 row(s) also in the held-out file" in said[0] and str(held) in said[0]
+
+
+def test_a_resume_whose_heldout_rows_changed_is_refused(tmp_path, tiny_model):
+    """The rounds' manifests count positions in the rows left for selection: if a held-out file's edit changes
+    which pool rows are left out, resuming under the same recipe hash would read other rows."""
+    from diverse_axolotl.loop import Loop
+    from diverse_axolotl.recipe import load_recipe
+
+    rows = labelled_rows(30)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = tmp_path / "heldout.jsonl"
+    held.write_text(json.dumps(rows[4]) + "\n")
+    recipe = write_recipe(tmp_path, tiny_model, pool)
+    recipe.write_text(
+        recipe.read_text()
+        + yaml.safe_dump({"eval": {"tasks": ["heldout_loss"], "heldout": {"file": str(held), "label": "topic"}}})
+    )
+    first = Loop(load_recipe(recipe), log=lambda m: None)
+    first.prepare()
+    adapter = first.paths.adapter(0)  # round 0 trained, as far as the folder tells
+    adapter.mkdir(parents=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "train_result.json"):
+        (adapter / name).write_text("{}")
+    Loop(load_recipe(recipe), log=lambda m: None).prepare(resume=True)  # nothing changed: resumes
+    held.write_text(json.dumps(rows[4]) + "\n" + json.dumps(rows[9]) + "\n")
+    with pytest.raises(UserError, match="selected from 29 pool rows, this recipe leaves 28"):
+        Loop(load_recipe(recipe), log=lambda m: None).prepare(resume=True)
+    said: list[str] = []
+    Loop(load_recipe(recipe), log=said.append).prepare(force=True)
+    assert any("--force: deleted the earlier run" in m for m in said)

@@ -56,7 +56,9 @@ def test_kcenter_projection_returns_valid_picks(projection):
     np.testing.assert_array_equal(picks, sel.select(x, 15, already_selected=already, seed=4))
 
 
-def _distributed_worker(rank: int, world: int, port: int, data: np.ndarray, budget: int, already, out_dir: str):
+def _distributed_worker(
+    rank: int, world: int, port: int, data: np.ndarray, budget: int, already, out_dir: str, normalize: bool
+):
     import torch.distributed as dist
 
     from diverse_axolotl.selection.kcenter import farthest_first_distributed
@@ -65,14 +67,21 @@ def _distributed_worker(rank: int, world: int, port: int, data: np.ndarray, budg
     bounds = np.linspace(0, len(data), world + 1).astype(int)
     lo, hi = bounds[rank], bounds[rank + 1]
     picks = farthest_first_distributed(
-        data[lo:hi], int(lo), len(data), budget, np.asarray(already, dtype=np.int64), torch.device("cpu")
+        data[lo:hi],
+        int(lo),
+        len(data),
+        budget,
+        np.asarray(already, dtype=np.int64),
+        torch.device("cpu"),
+        normalize=normalize,
     )
     np.save(f"{out_dir}/rank{rank}.npy", picks)
     distributed.shutdown()  # a barrier, then destroy: no rank tears gloo down while another still talks
 
 
+@pytest.mark.parametrize("normalize", [False, True])  # Euclidean (the paper's) and cosine (the default)
 @pytest.mark.parametrize("already", [[], [5, 77, 140]])
-def test_sharded_kcenter_over_torch_distributed_equals_one_process(tmp_path, already):
+def test_sharded_kcenter_over_torch_distributed_equals_one_process(tmp_path, already, normalize):
     import socket
 
     import torch.multiprocessing as mp
@@ -83,7 +92,7 @@ def test_sharded_kcenter_over_torch_distributed_equals_one_process(tmp_path, alr
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_distributed_worker, args=(3, port, data, 25, already, str(tmp_path)), nprocs=3, join=True)
-    expected = farthest_first(data, 25, np.asarray(already, dtype=np.int64), torch.device("cpu"))
+    mp.spawn(_distributed_worker, args=(3, port, data, 25, already, str(tmp_path), normalize), nprocs=3, join=True)
+    expected = farthest_first(data, 25, np.asarray(already, dtype=np.int64), torch.device("cpu"), normalize=normalize)
     for rank in range(3):
         assert np.load(tmp_path / f"rank{rank}.npy").tolist() == expected.tolist()

@@ -255,3 +255,24 @@ def test_embedding_cache_dir_expands_home_and_is_read_beside_the_recipe(tmp_path
     assert home.selection.embedding.cache_dir == tmp_path / "home" / "emb"
     assert near.selection.embedding.cache_dir == tmp_path / "emb"
     assert home.hash == near.hash == load_recipe(recipe_file(tmp_path, tiny_model, name="c.yaml")).hash
+
+
+def test_eval_cache_changes_no_result_and_no_hash(tmp_path, tiny_model):
+    from diverse_axolotl.recipe import Recipe
+
+    def recipe(**eval_block):
+        return Recipe(
+            path=tmp_path / "recipe.yaml",
+            output_dir=tmp_path / "run",
+            axolotl={"base_model": "/models/tiny", "adapter": "lora", "sequence_len": 128},
+            selection={
+                "pool": {"path": tmp_path / "none.json"},
+                "selector": {"name": "random"},
+                "seed_size": 4,
+                "per_round": 4,
+                "rounds": 2,
+            },
+            eval={"tasks": ["heldout_loss"], **eval_block},
+        )
+
+    assert recipe().hash == recipe(cache=False).hash == recipe(cache=True).hash != recipe(limit=3).hash

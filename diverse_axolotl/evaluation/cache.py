@@ -3,17 +3,22 @@
 Recipes that share a seed round train byte-identical round-0 adapters (every iterative recipe with the same seed,
 seed_size and pool does), and each would otherwise spend the whole evaluation again: 10-15 minutes per round on a
 CPU in the quality benchmark. The key holds everything the numbers depend on:
-- the adapter's files (sha256) and the base model (config.json, weight files' names, sizes and mtimes);
+- every file of the adapter folder (sha256), and every file of the base model folder by name, size and mtime
+  (weights, config, tokenizer, chat template, remote code), with `trust_remote_code`;
 - the whole `eval:` block, with the device and dtype that `auto` stands for on this machine;
 - the held-out rows themselves when the loop carved or read them (their content, not their origin);
 - the files our tasks and metrics read (names, sizes and mtimes of the `da_*` data files and the held-out sources);
-- the versions of this package, lm-eval, transformers, peft and torch.
+- this package's own source (every .py and .yaml file, hashed: an editable install keeps its version number while
+  its code changes) and the versions of lm-eval, transformers, peft and torch.
 A task from lm-eval's own registry reads datasets we cannot fingerprint (the hub's cache), so an evaluation that
-names one is never cached. The cache lives in `<cache root>/evals/` ($DIVERSE_AXOLOTL_CACHE); deleting it is safe.
+names one is never cached; `eval.cache: false` turns the cache off. Entries live in `<cache root>/evals/`
+($DIVERSE_AXOLOTL_CACHE); an unreadable one counts as absent, and deleting the folder is always safe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -21,14 +26,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..data import write_json
 from ..errors import UserError
+from ..io import write_json, write_text
 from .heldout import SOURCES, default_data_root
 from .lm_tasks import OUR_METRICS, _data_files, eval_data_dir, is_ours, parse_tasks
 from .own_data import HeldoutSet
 from .spec import EvalSpec
 
-_VERSIONED = ("diverse-axolotl", "lm_eval", "transformers", "peft", "torch")
+_VERSIONED = ("lm_eval", "transformers", "peft", "torch")
 
 
 def _stat(path: Path) -> str | None:
@@ -44,8 +49,27 @@ def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def _folder_stats(folder: Path) -> list[str | None]:
+    return [_stat(f) for f in sorted(folder.rglob("*")) if f.is_file()]
+
+
+def _folder_sha256(folder: Path) -> dict[str, str | None]:
+    return {str(f.relative_to(folder)): _sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@functools.lru_cache(maxsize=1)
+def _package_source_sha256() -> str:
+    """This package's code and task YAMLs, as installed (one hash, computed once per process)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.suffix in (".py", ".yaml", ".yml", ".jinja") and f.is_file():
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
+    out: dict[str, str | None] = {"diverse_axolotl source": _package_source_sha256()}
     for name in _VERSIONED:
         try:
             out[name] = metadata.version(name)
@@ -54,10 +78,15 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def eval_cache_key(spec: EvalSpec, base_model: str | Path, adapter: str | Path | None, own: HeldoutSet | None):
+def eval_cache_key(
+    spec: EvalSpec,
+    base_model: str | Path,
+    adapter: str | Path | None,
+    own: HeldoutSet | None,
+    trust_remote_code: bool = False,
+) -> str | None:
     """The key of this evaluation (hex), or None when it cannot be cached (a task from lm-eval's registry, or
     data that cannot be found: the evaluation itself then says what is missing)."""
-    from ..embedding import model_fingerprint
     from ..models import dtype_name, resolve_device
 
     requests = parse_tasks(spec.tasks)
@@ -79,16 +108,13 @@ def eval_cache_key(spec: EvalSpec, base_model: str | Path, adapter: str | Path |
         except UserError:
             return None
         files += [_stat(root / s.path) for s in SOURCES.values()]
-    if adapter is not None:
-        adapter = Path(adapter)
-        adapter_id: Any = {f: _sha256(adapter / f) for f in ("adapter_model.safetensors", "adapter_config.json")}
-    else:
-        adapter_id = None
+    adapter_id = _folder_sha256(Path(adapter)) if adapter is not None else None
     payload = {
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json", exclude={"cache"}),
         "device": str(resolve_device(spec.device)),
         "dtype": dtype_name(spec.dtype, spec.device),
-        "model": model_fingerprint(Path(base_model)),
+        "model": _folder_stats(Path(base_model)),
+        "trust_remote_code": trust_remote_code,
         "adapter": adapter_id,
         "own": None if own is None else {"fmt": own.fmt, "rows": [[r.group, r.row] for r in own.rows]},
         "files": files,
@@ -111,23 +137,37 @@ def evaluate_spec_cached(
     evaluate: Callable[[], Any],
     own: HeldoutSet | None = None,
     log: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
 ) -> bool:
     """Write `out_file` from the cache when this evaluation was done before (True), else run `evaluate()` (which
-    writes `out_file`) and keep a copy (False). The copy's `meta.cached_from` names the adapter first evaluated."""
-    key = eval_cache_key(spec, base_model, adapter, own)
+    writes `out_file`) and keep a copy (False). The copy's `meta.cached_from` names the adapter first evaluated,
+    and its log file (out_file's .log) says where the result came from."""
+    key = eval_cache_key(spec, base_model, adapter, own, trust_remote_code) if spec.cache else None
     kept = cache_dir() / f"{key}.json" if key else None
+    result = None
     if kept is not None and kept.is_file():
-        result = json.loads(kept.read_text())
+        with contextlib.suppress(OSError, ValueError):  # an unreadable entry is a miss
+            result = json.loads(kept.read_text(encoding="utf-8"))
+    if isinstance(result, dict) and isinstance(result.get("metrics"), dict):
+        meta = result.get("meta") or {}
+        log_file = Path(out_file).with_suffix(".log")
+        write_text(
+            log_file,
+            f"evaluation read from the cache: {kept}\nfirst evaluated for the adapter {meta.get('adapter')}"
+            f" (its log: {meta.get('log_file')})\n",
+        )
         result["meta"] = {
-            **result.get("meta", {}),
-            "cached_from": result.get("meta", {}).get("adapter"),
+            **meta,
+            "cached_from": meta.get("adapter"),
             "adapter": str(adapter) if adapter is not None else None,
+            "log_file": str(log_file),
             "cache_key": key,
         }
         write_json(out_file, result)
         log(f"evaluation found in the cache ({kept}): same adapter, base model, eval block and data")
         return True
     evaluate()
-    if kept is not None and out_file.is_file():
-        write_json(kept, json.loads(out_file.read_text()))
+    if kept is not None and Path(out_file).is_file():
+        with contextlib.suppress(OSError, ValueError):  # a cache that cannot be written costs a re-evaluation later
+            write_json(kept, json.loads(Path(out_file).read_text(encoding="utf-8")))
     return False

@@ -123,18 +123,20 @@ def carve_split(
     return keep, HeldoutSet(held, fmt, f"split of {pool} (seed {split.seed})")
 
 
-def row_texts(row: dict, fmt: str) -> tuple[str, ...]:
-    """What a row says, whatever its format: its texts in order, trimmed, empty ones left out. An alpaca row
-    (instruction, input, output) and a chat row with the same user and assistant turns give the same tuple."""
+def row_texts(row: dict, fmt: str) -> tuple[str, str]:
+    """What a row says, whatever its format: (its prompt texts, trimmed and joined by newlines, its answer). An
+    alpaca row (instruction, input, output) and a chat row whose user turn holds the instruction and input on two
+    lines, then the same answer, say the same thing. System turns are left out."""
     if fmt == "alpaca":
         texts = [row.get("instruction"), row.get("input"), row.get("output")]
     elif fmt == "chat":
-        texts = [m.get("content") for m in row.get("messages") or []]
+        texts = [m.get("content") for m in row.get("messages") or [] if m.get("role") != "system"]
     elif fmt == "sharegpt":
-        texts = [t.get("value") for t in row.get("conversations") or []]
+        texts = [t.get("value") for t in row.get("conversations") or [] if t.get("from") != "system"]
     else:
-        texts = [row.get("text")]
-    return tuple(t for t in (str(x or "").strip() for x in texts) if t)
+        texts = ["", row.get("text")]
+    parts = [str(t or "").strip() for t in texts]
+    return "\n".join(t for t in parts[:-1] if t), parts[-1] if parts else ""
 
 
 def rows_in_heldout(rows: list[dict], fmt: str, held: HeldoutSet) -> list[int]:

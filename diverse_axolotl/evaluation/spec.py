@@ -39,6 +39,9 @@ class EvalSpec(BaseModel):
         "auto", description="auto: bfloat16 on a GPU and on a CPU where bf16 is measured faster, else float32"
     )
     heldout: HeldoutSpec = Field(default_factory=HeldoutSpec)
+    cache: bool = Field(
+        True, description="reuse an identical earlier evaluation (same adapter bytes, model, block and data)"
+    )
 
     @field_validator("tasks")
     @classmethod
