@@ -262,3 +262,18 @@ def test_the_validation_split_is_disjoint_from_the_pool_and_the_heldout_rows(tmp
     (tmp_path / "bad.yaml").write_text(bad)
     with pytest.raises(UserError, match="validation: unknown arm 'kcentre'"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_each_runs_training_precision_is_read_and_reported_when_runs_differ(tmp_path):
+    from bench.quality.benchmark import _precision_section
+    from bench.quality.results import round_precision
+
+    for key, text in (("a", "bf16: true\n"), ("b", "bf16: false\nfp16: false\n"), ("c", None)):
+        (tmp_path / key / "round_0").mkdir(parents=True)
+        if text is not None:
+            (tmp_path / key / "round_0" / "axolotl.yaml").write_text(text)
+    assert [round_precision(tmp_path / k, 0) for k in "abc"] == ["bf16", "fp32", None]
+    records = [{"key": "a", "round": 0, "precision": "bf16"}, {"key": "b", "round": 0, "precision": "fp32"}]
+    md = "\n".join(_precision_section(records))
+    assert "| bf16 | a r0 |" in md and "| fp32 | b r0 |" in md
+    assert _precision_section(records[:1]) == []  # one precision for every run: nothing to say

@@ -328,6 +328,7 @@ def write_results(
     md += _verdict_summary(agg, arms, budgets, metrics)
     md += _diversity_section(agg, arms, budgets, meta, collected, plots)
     md += _time_section(agg, arms, budgets, plots)
+    md += _precision_section(records)
     md += validation or []
     if collected["missing"]:
         md += [
@@ -663,6 +664,25 @@ def _diversity_section(agg, arms, budgets, meta, collected, plots: Path) -> list
         shown = next((b for b in reversed(budgets) if any((a, b) in agg for a in arms)), budgets[-1])
         plot_composition(agg, arms, shown, sources, png, {s: c["rows"] / total for s, c in meta["sources"].items()})
         md += [f"![source mix](plots/{png.name})", ""]
+    return md
+
+
+def _precision_section(records: list[dict]) -> list[str]:
+    """Which runs trained in which dtype: on a CPU the loop decides bf16 per machine, so sittings on different
+    machines can differ (bench/quality/README.md, "Precision on a CPU is the machine's")."""
+    by: dict[str, list[str]] = {}
+    for r in records:
+        by.setdefault(r.get("precision") or "unknown", []).append(f"{r['key']} r{r['round']}")
+    if len(by) < 2:
+        return []
+    md = [
+        "## Training precision per run",
+        "",
+        "On a CPU the loop trains in bf16 where this machine's bf16 matmuls are measured faster, else fp32; these "
+        "runs did not all train in the same precision, so differences between the groups below include it.",
+        "",
+    ]
+    md += [table(["precision", "runs (round)"], [[p, ", ".join(sorted(v))] for p, v in sorted(by.items())]), ""]
     return md
 
 

@@ -64,6 +64,17 @@ def round_times(run_dir: Path, k: int) -> dict[str, float] | None:
     return {"train_s": train, **selection, "eval_s": get(k, "eval_s"), "cost_s": train + sum(selection.values())}
 
 
+def round_precision(run_dir: Path, k: int) -> str | None:
+    """The dtype round k trained in, from the Axolotl config it ran (on a CPU the machine decides bf16)."""
+    import yaml
+
+    path = run_dir / f"round_{k}" / "axolotl.yaml"
+    if not path.is_file():
+        return None
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return "bf16" if cfg.get("bf16") is True else "fp16" if cfg.get("fp16") is True else "fp32"
+
+
 def find_space(plans: list[RunPlan], runs_dir: Path) -> tuple[str, Path] | None:
     """The embeddings every subset's diversity is measured in: the base model's own (a `base` run's round 0),
     else round 0 of the first one-shot run that saved them (base model + the tiny seed adapter, the same for every
@@ -132,6 +143,7 @@ def collect(
                 "fraction": len(indices) / n_pool,
                 "metrics": metrics,
                 "times": round_times(run_dir, k),
+                "precision": round_precision(run_dir, k),
             }
             if indices:
                 rec["composition"] = composition(meta["rows"], indices)
