@@ -37,10 +37,20 @@ def test_the_key_changes_with_each_thing_the_numbers_depend_on(tiny_model, tmp_p
         eval_cache_key(EvalSpec(tasks=["heldout_loss", "heldout_exact"], limit=5), tiny_model, a, own),
         eval_cache_key(spec, tiny_model, a, held(alpaca_rows()[1:7])),
     }
-    (a / "adapter_model.bin").write_bytes(b"more weights")  # any file of the adapter folder counts
+    # peft writes target_modules (a set) in any order, and a model card; our training record holds timings
+    reordered = adapter_dir(tmp_path / "reordered", b"weights")
+    (a / "adapter_config.json").write_text('{"r": 8, "target_modules": ["q_proj", "v_proj"]}')
+    (reordered / "adapter_config.json").write_text('{"target_modules": ["v_proj", "q_proj"], "r": 8}')
+    (reordered / "README.md").write_text("model card")
+    (reordered / "train_result.json").write_text('{"seconds": 12.5}')
+    key = eval_cache_key(spec, tiny_model, a, own)
+    assert eval_cache_key(spec, tiny_model, reordered, own) == key
+    (reordered / "adapter_config.json").write_text('{"target_modules": ["v_proj", "k_proj"], "r": 8}')
+    different.add(eval_cache_key(spec, tiny_model, reordered, own))
+    (a / "adapter_model.bin").write_bytes(b"more weights")  # any other file of the adapter folder counts
     different.add(eval_cache_key(spec, tiny_model, a, own))
     different.add(eval_cache_key(spec, tiny_model, adapter_dir(tmp_path / "copy", b"weights"), own, True))
-    assert len(different) == 7 and key not in different
+    assert len(different) == 8 and key not in different
 
 
 def test_the_key_follows_the_model_folder_and_this_packages_code(tiny_model, tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 Recipes that share a seed round train byte-identical round-0 adapters (every iterative recipe with the same seed,
 seed_size and pool does), and each would otherwise spend the whole evaluation again: 10-15 minutes per round on a
 CPU in the quality benchmark. The key holds everything the numbers depend on:
-- every file of the adapter folder (sha256), and every file of the base model folder by name, size and mtime
+- every file of the adapter folder by content (adapter_config.json as canonical JSON; not peft's model card or our
+  training record), and every file of the base model folder by name, size and mtime
   (weights, config, tokenizer, chat template, remote code), with `trust_remote_code`;
 - the whole `eval:` block, with the device and dtype that `auto` stands for on this machine;
 - the held-out rows themselves when the loop carved or read them (their content, not their origin);
@@ -53,8 +54,36 @@ def _folder_stats(folder: Path) -> list[str | None]:
     return [_stat(f) for f in sorted(folder.rglob("*")) if f.is_file()]
 
 
-def _folder_sha256(folder: Path) -> dict[str, str | None]:
-    return {str(f.relative_to(folder)): _sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+# In an adapter folder: peft's model card and our record of the training (timings), not what the model computes.
+_NOT_THE_ADAPTER = ("README.md", "train_result.json")
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON with its lists of names sorted: peft writes `target_modules` (a set) in a different order each run."""
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        items = [_canonical(v) for v in obj]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return obj
+
+
+def _adapter_identity(folder: Path) -> dict[str, str | None]:
+    """Every file of the adapter folder by content (adapter_config.json as canonical JSON), but the model card and
+    the training record: two trainings that produced the same weights and config are the same adapter."""
+    out: dict[str, str | None] = {}
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file() or f.name in _NOT_THE_ADAPTER:
+            continue
+        if f.name == "adapter_config.json":
+            try:
+                text = json.dumps(_canonical(json.loads(f.read_text(encoding="utf-8"))), sort_keys=True)
+            except ValueError:
+                text = f.read_text(encoding="utf-8", errors="replace")
+            out[str(f.relative_to(folder))] = hashlib.sha256(text.encode()).hexdigest()
+        else:
+            out[str(f.relative_to(folder))] = _sha256(f)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +137,7 @@ def eval_cache_key(
         except UserError:
             return None
         files += [_stat(root / s.path) for s in SOURCES.values()]
-    adapter_id = _folder_sha256(Path(adapter)) if adapter is not None else None
+    adapter_id = _adapter_identity(Path(adapter)) if adapter is not None else None
     payload = {
         "spec": spec.model_dump(mode="json", exclude={"cache"}),
         "device": str(resolve_device(spec.device)),
