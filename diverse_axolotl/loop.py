@@ -138,14 +138,7 @@ class Loop:
                     self.log(f"{paths.root}: replacing an earlier run that never finished training round 0")
                     clear_run(paths.root)
                 elif not force:
-                    raise UserError(
-                        self._mismatch(previous)
-                        if previous.get("recipe_hash") != recipe.hash
-                        else f"{paths.root}: the run selected from {rows_then} pool rows, this recipe leaves"
-                        f" {self.pool_stats['rows']} (the rows left out for the held-out set changed: its file was"
-                        " edited, or this version leaves out pool rows that repeat it), so its rounds' row numbers"
-                        " would point at other rows; name another output_dir, or use --force to start over"
-                    )
+                    raise UserError(self._mismatch(previous))
                 else:
                     kept = clear_run(paths.root)
                     self.log(
@@ -173,9 +166,18 @@ class Loop:
             )
 
     def _mismatch(self, previous: dict) -> str:
-        """Why the folder's run cannot continue with this recipe: a changed pool is named as such."""
+        """Why the folder's run cannot continue with this recipe: changed rows left for selection and a changed pool
+        are named as such."""
         root, recipe = self.paths.root, self.recipe
         started_by = previous.get("recipe_file", "another recipe")
+        rows_then = (previous.get("pool") or {}).get("rows")
+        if previous.get("recipe_hash") == recipe.hash and rows_then != self.pool_stats["rows"]:
+            return (
+                f"{root}: the run selected from {rows_then} pool rows, this recipe leaves {self.pool_stats['rows']}"
+                " (the rows left out for the held-out set changed: its file was edited, or this version leaves out"
+                " pool rows that repeat it), so its rounds' row numbers would point at other rows; name another"
+                " output_dir, or use --force to start over"
+            )
         old_pool = previous.get("pool_sha256")
         if old_pool and recipe.pool_sha256 and old_pool != recipe.pool_sha256:
             return (

@@ -27,8 +27,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..data import file_sha256
 from ..errors import UserError
-from ..io import write_json, write_text
+from ..io import link_or_copy, write_json, write_text
 from .heldout import SOURCES, default_data_root
 from .lm_tasks import OUR_METRICS, _data_files, eval_data_dir, is_ours, parse_tasks
 from .own_data import HeldoutSet
@@ -44,10 +45,6 @@ def _stat(path: Path) -> str | None:
     except OSError:
         return None
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _folder_stats(folder: Path) -> list[str | None]:
@@ -68,10 +65,10 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def _adapter_identity(folder: Path) -> dict[str, str | None]:
+def _adapter_identity(folder: Path) -> dict[str, str]:
     """Every file of the adapter folder by content (adapter_config.json as canonical JSON), but the model card and
     the training record: two trainings that produced the same weights and config are the same adapter."""
-    out: dict[str, str | None] = {}
+    out: dict[str, str] = {}
     for f in sorted(folder.rglob("*")):
         if not f.is_file() or f.name in _NOT_THE_ADAPTER:
             continue
@@ -82,7 +79,7 @@ def _adapter_identity(folder: Path) -> dict[str, str | None]:
                 text = f.read_text(encoding="utf-8", errors="replace")
             out[str(f.relative_to(folder))] = hashlib.sha256(text.encode()).hexdigest()
         else:
-            out[str(f.relative_to(folder))] = _sha256(f)
+            out[str(f.relative_to(folder))] = file_sha256(f)
     return out
 
 
@@ -197,6 +194,6 @@ def evaluate_spec_cached(
         return True
     evaluate()
     if kept is not None and Path(out_file).is_file():
-        with contextlib.suppress(OSError, ValueError):  # a cache that cannot be written costs a re-evaluation later
-            write_json(kept, json.loads(Path(out_file).read_text(encoding="utf-8")))
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs a re-evaluation later
+            link_or_copy(Path(out_file), kept)  # eval.json is replaced, never edited in place: a hard link is safe
     return False
