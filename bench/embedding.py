@@ -5,7 +5,9 @@
 
 (a) reference: one row at a time, float32, the full causal LM with all hidden states (as DiverseEvol's code does);
 (b) ours: `diverse_axolotl.embedding` (length-sorted token-budget batches, transformer body only), in float32 and
-in bfloat16 (what `dtype: auto` picks on a GPU and on a CPU with native bf16).
+in bfloat16 (what `dtype: auto` picks on a GPU and on a CPU with native bf16);
+(c) with a LoRA adapter (`--adapter`, default a random r=8 LoRA on every linear layer): peft's unmerged model
+against `load_model`'s merged one (what the loop embeds, scores and evaluates with), in float32 and bfloat16.
 Prints tokens/s of each and the ratios, the largest relative difference to the reference, how far bf16 embeddings
 are from fp32 ones, the overlap of the first 50 k-center picks (bf16 vs fp32, as a set and in order), and on a GPU
 the achieved fraction of the FLOP floor (2 * params * tokens at the measured bf16 matmul rate).
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: 16384 on a GPU, 2048 on a CPU")
     ap.add_argument("--picks", type=int, default=50, help="k-center picks compared between bf16 and fp32")
+    ap.add_argument("--adapter", default=None, help="LoRA adapter folder for (c) (default: a random r=8 LoRA)")
+    ap.add_argument("--repeats", type=int, default=2, help="(c): timed passes of each model, alternating; best kept")
     args = ap.parse_args()
 
     from diverse_axolotl.models import cpu_supports_bf16
@@ -126,6 +130,68 @@ def main() -> None:
             f"FLOP floor {floor_s:.3f} s at the measured matmul rate:"
             f" achieved {floor_s / results['bfloat16'][1]:.1%} of it"
         )
+
+    adapter_section(args, ids, tok, device)
+
+
+def random_adapter(model_dir: str, folder: Path) -> Path:
+    """A LoRA (r=8, alpha=16, every linear layer) with non-zero random B, so that merging has something to fold."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.005)  # trained size: the CPU bench's r=8 adapters have B std 0.004-0.006
+    model.save_pretrained(folder)
+    return folder
+
+
+def adapter_section(args, ids, tok, device) -> None:
+    """(c) peft's unmerged LoRA against load_model's merged one: tokens/s and distance to fp32 unmerged."""
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def embed(model) -> np.ndarray:
+        return embed_token_ids(model, ids, tok.pad_token_id, batch_tokens=args.batch_tokens)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(args.adapter) if args.adapter else random_adapter(args.model, Path(tmp) / "lora")
+        print(f"\n(c) LoRA adapter {args.adapter or 'random r=8, every linear layer'}: unmerged (peft) vs merged"
+              f" (load_model), {args.repeats} alternating timed passes each, best kept")
+        print(f"{'dtype':<10}{'unmerged s':>12}{'merged s':>10}{'speed-up':>10}{'|unmerged - ref|':>18}"
+              f"{'|merged - ref|':>16}")
+        reference = None
+        for dtype in ("float32", "bfloat16"):
+            torch_dtype = getattr(torch, dtype)
+            base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch_dtype)
+            models = {
+                "unmerged": PeftModel.from_pretrained(base, str(adapter)).to(device).eval(),
+                "merged": load_model(args.model, adapter, device=device.type, dtype=dtype),
+            }
+            best = dict.fromkeys(models, float("inf"))
+            out = {}
+            for model in models.values():
+                embed_token_ids(model, ids[:2], tok.pad_token_id, batch_tokens=args.batch_tokens)  # warm-up
+            for _ in range(args.repeats):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    out[name] = embed(model)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    best[name] = min(best[name], time.perf_counter() - start)
+            if reference is None:
+                reference = out["unmerged"]
+            norm = np.linalg.norm(reference, axis=1)
+            rel = {n: np.median(np.linalg.norm(e - reference, axis=1) / norm) for n, e in out.items()}
+            speedup = best["unmerged"] / best["merged"]
+            print(f"{dtype:<10}{best['unmerged']:>12.2f}{best['merged']:>10.2f}{speedup:>9.2f}x"
+                  f"{rel['unmerged']:>18.2%}{rel['merged']:>16.2%}")
+        print("ref: float32 unmerged; distances are per-row |e - ref| / |ref|, median over rows")
 
 
 if __name__ == "__main__":

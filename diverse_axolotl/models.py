@@ -181,7 +181,11 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
 ):
-    """Base causal LM in eval mode, with the LoRA adapter applied through peft when given."""
+    """Base causal LM in eval mode, with the LoRA adapter applied through peft and merged when given.
+
+    Every caller only runs the model forward (embedding, scoring, evaluation), so the adapter is folded into the
+    base weights (`merge_and_unload`): each adapted layer then does one matmul instead of three. In bf16 on a CPU
+    that embedded 1.7x faster, with embeddings as far from fp32's as the unmerged model's (bench/embedding.py)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -196,7 +200,7 @@ def load_model(
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"adapter folder {adapter} has no adapter_config.json")
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return model.to(dev).eval()
 
 

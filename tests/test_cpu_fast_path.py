@@ -160,3 +160,26 @@ def test_the_bf16_decision_is_made_once_per_machine_and_kept(monkeypatch, tmp_pa
     stored = json.loads((tmp_path / "cpu-bf16.json").read_text())
     assert [v["bf16"] for v in stored.values()] == [True]
     models.cpu_bf16_is_faster.cache_clear()
+
+
+def test_an_adapter_is_merged_for_inference_with_the_unmerged_numbers(tmp_path, tiny_model):
+    """load_model folds the LoRA product into the base weights (one matmul per layer instead of three): no LoRA
+    layer is left, and the logits are peft's unmerged ones in float32."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from diverse_axolotl.models import load_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), config).save_pretrained(tmp_path / "adapter")
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter").eval()
+    merged = load_model(tiny_model, tmp_path / "adapter", device="cpu", dtype="float32")
+    base = load_model(tiny_model, None, device="cpu", dtype="float32")
+    assert not any("lora" in name for name, _ in merged.named_modules())
+    ids = torch.randint(0, merged.config.vocab_size, (2, 12))
+    with torch.inference_mode():
+        want, got, without = (m(input_ids=ids).logits for m in (unmerged, merged, base))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert (without - want).abs().max() > 1e-3  # the adapter changes the numbers, so the match above means something

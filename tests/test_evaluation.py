@@ -246,7 +246,7 @@ def test_heldout_loss_and_t0_exact_match_a_hand_computation(tiny_model, tmp_path
 
 @needs_eval_data
 def test_adapter_reaches_lm_eval_and_our_metrics(tiny_model, tmp_path):
-    """HFLM(peft=adapter) for lm-eval; heldout_loss reuses that model: it must equal load_model(base, adapter)."""
+    """lm-eval and heldout_loss share one model: base + adapter merged; it must equal load_model(base, adapter)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

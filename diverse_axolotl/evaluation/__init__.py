@@ -5,7 +5,7 @@ One idea per module:
   heldout   held-out rows and our metrics on them (heldout_loss, heldout_exact, t0_exact), per group
   own_data  the user's held-out set: a file in any pool format, or a split carved from the pool before round 0
   spec      the recipe's `eval:` block (EvalSpec)
-  run       `evaluate` / `evaluate_spec`: lm-eval's simple_evaluate with HFLM(base, peft=adapter), then our metrics
+  run       `evaluate` / `evaluate_spec`: lm-eval's simple_evaluate with HFLM(base + adapter, merged), then our metrics
 The generation loop our metrics use is shared with the scorers (`diverse_axolotl.inference`).
 """
 

@@ -1,5 +1,5 @@
-"""Running an evaluation: lm-eval's `simple_evaluate` with HFLM(pretrained=base, peft=adapter), then our metrics
-on the same model object; one JSON result file per call.
+"""Running an evaluation: lm-eval's `simple_evaluate` with an HFLM around base + adapter (merged by
+`models.load_model`), then our metrics on the same model object; one JSON result file per call.
 
 Result file (`out_file`, written atomically):
   {"lm_eval": <lm-eval's results dict, JSON-safe>, "ours": {...}, "metrics": {"<task>/<metric>": value, ...},
@@ -156,13 +156,13 @@ def evaluate(
 ) -> dict:
     """Evaluate base_model (+ the LoRA adapter) on `tasks`; write `out_file` (JSON, atomic) and return its content.
 
-    lm-eval tasks run through `simple_evaluate` with HFLM(pretrained=base_model, peft=adapter) on our task YAMLs;
+    lm-eval tasks run through `simple_evaluate` with an HFLM around base_model + adapter (merged) on our task YAMLs;
     its logs go to `log_file` (default: out_file with suffix .log; none written when both are None).
     `heldout_loss`, `heldout_exact` and `t0_exact` reuse the same model object, on `own` (a split the loop carved)
     or the rows `heldout` names. `limit` caps rows per lm-eval task and, for our metrics, rows per group (source,
     label, T0 template) plus the number of T0 templates.
     """
-    from ..models import all_cpu_threads, check_model_dir, load_model, load_tokenizer, resolve_device, resolve_dtype
+    from ..models import all_cpu_threads, check_model_dir, load_model, load_tokenizer, resolve_device
 
     say = log or (lambda msg: None)
     requests = parse_tasks(tasks)
@@ -190,28 +190,24 @@ def evaluate(
     lm_results: dict = {}
     ours: dict[str, Any] = {}
     with all_cpu_threads():
-        model = None
+        # one model for lm-eval and our metrics: base + adapter merged (models.load_model), handed to HFLM as is
+        model = load_model(base_model, adapter, device, dtype, trust_remote_code)
+        tokenizer = load_tokenizer(base_model, trust_remote_code)
         if lm_requests:
             say(f"lm-eval: {', '.join(r.name for r in lm_requests)}" + (f" (log: {log_file})" if log_file else ""))
             with logs_to_file(Path(log_file) if log_file else None):
-                lm_results, model = _run_lm_eval(
-                    base_model,
-                    adapter,
+                lm_results = _run_lm_eval(
+                    model,
+                    tokenizer,
                     lm_requests,
                     limit,
                     _resolve_batch_size(batch_size, dev),
                     data,
-                    dev,
-                    resolve_dtype(dtype, dev),
                     max_gen_toks,
                     apply_chat_template,
                     allow_code_execution,
-                    trust_remote_code,
                 )
         if ours_requested:
-            tokenizer = load_tokenizer(base_model, trust_remote_code)
-            if model is None:
-                model = load_model(base_model, adapter, device, dtype, trust_remote_code)
             model.eval()
             if "heldout_loss" in ours_requested:
                 say("held-out loss: " + (own.origin if own else ", ".join(heldout.sources)))  # type: ignore[arg-type]
@@ -246,22 +242,15 @@ def evaluate(
 
 
 def _run_lm_eval(
-    base_model, adapter, requests: list[TaskRequest], limit, batch_size, data_dir: Path | None, dev, torch_dtype,
-    max_gen_toks, apply_chat_template, allow_code_execution, trust_remote_code,
-) -> tuple[dict, Any]:
-    """simple_evaluate once per distinct few-shot setting (one HFLM, loaded once); results merged."""
-    import torch
+    model, tokenizer, requests: list[TaskRequest], limit, batch_size, data_dir: Path | None, max_gen_toks,
+    apply_chat_template, allow_code_execution,
+) -> dict:
+    """simple_evaluate once per distinct few-shot setting (one HFLM around our loaded model); results merged."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(
-        pretrained=str(base_model),
-        peft=str(adapter) if adapter is not None else None,
-        device=str(dev),
-        dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(torch_dtype, "auto"),
-        batch_size=batch_size,
-        trust_remote_code=trust_remote_code,
-    )
+    # HFLM(peft=...) would keep the LoRA layers unmerged: three matmuls per adapted layer instead of one
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     by_shots: dict[int | None, list[str]] = {}
     for r in requests:
         by_shots.setdefault(r.num_fewshot, []).append(r.name)
@@ -281,7 +270,7 @@ def _run_lm_eval(
         )
         if part:
             parts.append(part)
-    return _merge_results(parts), lm.model
+    return _merge_results(parts)
 
 
 def evaluate_spec(
