@@ -8,7 +8,7 @@ its regular plugin mechanism. It
   sampler drops the last partial batch of packs, truncates to the shortest of several random packings, and
   Axolotl sets max_steps from an estimate: each of these can leave selected rows untrained);
 - on a CPU, passes `use_cpu` to the training arguments (transformers refuses `bf16: true` on a CPU otherwise)
-  and trains with every available core (`models.training_threads`);
+  and trains with every available core (`models.cpu_threads`);
 - saves the prepared dataset without datasets' spawned worker process (`save_prepared_without_spawn`).
 """
 
@@ -54,14 +54,14 @@ class StepProgress(TrainerCallback):
 
 
 class CpuThreads(TrainerCallback):
-    """Train with `models.training_threads()` threads; the process's setting is restored afterwards."""
+    """Train with `models.cpu_threads()` threads; the process's setting is restored afterwards."""
 
     def __init__(self):
         self._before = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._before = torch.get_num_threads()
-        torch.set_num_threads(models.training_threads())
+        torch.set_num_threads(models.cpu_threads())
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._before is not None:

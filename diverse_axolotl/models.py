@@ -111,10 +111,15 @@ def available_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def training_threads() -> int:
-    """Threads for training on a CPU: OMP_NUM_THREADS where the user set it, else every available core."""
+def cpu_threads() -> int:
+    """Threads for this process's CPU work (training, embedding, scoring, evaluation): OMP_NUM_THREADS where it is
+    set, else the available cores shared among this machine's processes (LOCAL_WORLD_SIZE under torchrun, which
+    itself sets OMP_NUM_THREADS=1 per process unless you do). A user's cap on a shared machine holds everywhere."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(local_world, 1))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -140,11 +145,9 @@ def dtype_name(dtype: str, device: str = "auto") -> str:
 
 @contextlib.contextmanager
 def all_cpu_threads():
-    """Use every available core for inference on CPU (embedding, scoring, evaluation); under torchrun the
-    processes on one machine share its cores (LOCAL_WORLD_SIZE), rather than each taking all of them."""
+    """Inference on CPU (embedding, scoring, evaluation) with `cpu_threads()` threads, restored afterwards."""
     before = torch.get_num_threads()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    torch.set_num_threads(max(1, available_cores() // max(local_world, 1)))
+    torch.set_num_threads(cpu_threads())
     try:
         yield
     finally:

@@ -84,14 +84,14 @@ def cpu_defaults() -> dict[str, Any]:
       pack per epoch (Axolotl's own drops the last partial batch of packs and stops at an estimated step count);
       under torchrun, where ours does not apply, no packing;
     - no Triton LoRA kernels (they need CUDA), SDPA attention, no fp16/tf32, no worker processes (the cores go
-      to the matmuls; training uses every available core, see `models.training_threads`).
+      to the matmuls; training uses every available core, see `models.cpu_threads`).
     """
     from . import distributed, models
 
     if models.cuda_available():
         return {}
     return {
-        "bf16": models.cpu_bf16_is_faster(models.training_threads()),
+        "bf16": models.cpu_bf16_is_faster(models.cpu_threads()),
         "fp16": False,
         "tf32": False,
         # Under torchrun Axolotl's own multipack sampler runs (ours keeps to one process, see axolotl_plugin): it

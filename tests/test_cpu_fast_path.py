@@ -183,3 +183,25 @@ def test_an_adapter_is_merged_for_inference_with_the_unmerged_numbers(tmp_path, 
         want, got, without = (m(input_ids=ids).logits for m in (unmerged, merged, base))
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
     assert (without - want).abs().max() > 1e-3  # the adapter changes the numbers, so the match above means something
+
+
+def test_omp_num_threads_caps_inference_as_it_caps_training(monkeypatch):
+    """A user's OMP_NUM_THREADS holds for embedding, scoring and evaluation too; unset, the cores are shared among
+    torchrun's processes on the machine; the thread count is restored afterwards."""
+    import torch
+
+    from diverse_axolotl import models
+
+    monkeypatch.setattr(models, "available_cores", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert models.cpu_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert models.cpu_threads() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert models.cpu_threads() == 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    with models.all_cpu_threads():
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
