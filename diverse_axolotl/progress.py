@@ -1,4 +1,5 @@
-"""Progress bars with rate and ETA (rich), shown only when our error stream is a terminal.
+"""Progress bars with rate and ETA (rich) when our error stream is a terminal; otherwise (a log file, `nohup`)
+one plain line a minute for stages that last longer than that, so a log shows how far an hour-long stage is.
 
 Under the CLI the bars go to `logs.terminal_err()`, which stays on the terminal while third-party output goes to
 log files. Used as a library, the console writes to a duplicate of the process's original stderr taken at
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -41,9 +43,40 @@ def _console() -> Console:
     return Console(file=stream, force_terminal=tty or None)
 
 
+PLAIN_EVERY_S = 60.0  # seconds between the plain progress lines written to a non-terminal
+
+
+def _plain_progress(console: Console, description: str, total: int, unit: str):
+    """`advance(n)` that writes `description: done/total unit (pct), rate, eta` every PLAIN_EVERY_S seconds, and
+    a last line at the end if it wrote any."""
+    start = last = time.monotonic()
+    done = 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last < PLAIN_EVERY_S and not (done >= total and last > start):
+            return
+        last = now
+        rate = done / max(now - start, 1e-9)
+        eta = f", eta {_minutes((total - done) / rate)}" if 0 < done < total else ""
+        console.file.write(
+            f"{description}: {done:,}/{total:,} {unit} ({done / max(total, 1):.0%}), {rate:,.1f} {unit}/s,"
+            f" {_minutes(now - start)} elapsed{eta}\n"
+        )
+        console.file.flush()
+
+    return advance
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 @contextmanager
 def progress_bar(description: str, total: int, unit: str = "rows"):
-    """Yield `advance(n)`; shows done/total, rate and ETA."""
+    """Yield `advance(n)`; shows done/total, rate and ETA (a bar on a terminal, a line a minute elsewhere)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -54,8 +87,11 @@ def progress_bar(description: str, total: int, unit: str = "rows"):
         TimeRemainingColumn(),
     )
     console = _console()
+    if not console.is_terminal:
+        yield _plain_progress(console, description, total, unit) if is_rank0() else (lambda n=1: None)
+        return
     with Progress(
-        *columns, console=console, transient=False, disable=not console.is_terminal or not is_rank0(),
+        *columns, console=console, transient=False, disable=not is_rank0(),
         redirect_stdout=False, redirect_stderr=False,  # prints of other libraries stay where they were going
     ) as prog:
         task = prog.add_task(description, total=total, rate="")

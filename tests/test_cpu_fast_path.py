@@ -205,3 +205,33 @@ def test_omp_num_threads_caps_inference_as_it_caps_training(monkeypatch):
     with models.all_cpu_threads():
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
+
+
+def test_a_log_gets_a_progress_line_a_minute_instead_of_a_bar(monkeypatch):
+    """Off a terminal (nohup, a log file), a long stage writes `done/total (pct), rate, elapsed, eta` once per
+    PLAIN_EVERY_S seconds and a last line when done; a stage shorter than that writes nothing."""
+    import io
+
+    from rich.console import Console
+
+    from diverse_axolotl import progress
+
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "_console", lambda: Console(file=out))
+    clock = iter([0.0, 10.0, 61.0, 90.0, 125.0, 130.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with progress.progress_bar("round 1: embedding", total=400, unit="tok") as advance:
+        for _ in range(5):
+            advance(80)
+    assert out.getvalue().splitlines() == [
+        "round 1: embedding: 160/400 tok (40%), 2.6 tok/s, 1.0 min elapsed, eta 1.5 min",
+        "round 1: embedding: 320/400 tok (80%), 2.6 tok/s, 2.1 min elapsed, eta 31 s",
+        "round 1: embedding: 400/400 tok (100%), 3.1 tok/s, 2.2 min elapsed",
+    ]
+    quiet = io.StringIO()
+    monkeypatch.setattr(progress, "_console", lambda: Console(file=quiet))
+    clock = iter([0.0, 5.0, 9.0])
+    with progress.progress_bar("short", total=2) as advance:
+        advance(1)
+        advance(1)
+    assert quiet.getvalue() == ""
