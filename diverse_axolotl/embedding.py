@@ -2,7 +2,9 @@
 
 Rows are tokenised once, sorted by length, and packed into batches holding at most `batch_tokens` padded tokens,
 so short rows share big batches and long rows small ones. Only the transformer body runs (no vocab-sized logits).
-Results go to a float32 array in the original row order (a memmap on disk when `out` is given).
+Results go to a float32 array in the original row order (a memmap on disk when `out` is given). On disk and in one
+process, the batches finished are recorded beside the file every CHECKPOINT_S seconds, so an interrupted
+embedding of the same rows with the same model continues where it stopped (`resume_tag`).
 
 Under torch.distributed each rank embeds a shard balanced by token count and the rows are assembled in pool order:
 written into one shared file, or gathered to rank 0 when the ranks share no filesystem (`embed_rows_distributed`).
@@ -10,6 +12,9 @@ written into one shared file, or gathered to rank 0 when the ranks share no file
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch
 from . import distributed
 from .faults import failpoint
 from .inference import padded_batch, token_budget_batches
-from .io import link_or_copy
+from .io import link_or_copy, write_json
 from .models import decoder_body
 from .progress import progress_bar
 
@@ -39,6 +44,40 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[lis
     return enc["input_ids"]
 
 
+CHECKPOINT_S = 30.0  # seconds between records of the batches finished (a flush of the memmap and a small JSON)
+
+
+def progress_file(out: Path) -> Path:
+    """Where an embedding into `out` records its finished batches (beside it; removed with a fresh start)."""
+    return Path(out).with_name(Path(out).name.removesuffix(".npy") + ".progress.json")
+
+
+def new_rows_file(out: Path, shape: tuple[int, int]) -> np.memmap:
+    """A fresh float32 .npy of `shape` at `out`; a record of an earlier attempt's batches goes with the old file."""
+    progress_file(out).unlink(missing_ok=True)
+    return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
+
+
+def _resume_identity(tag: str, lengths: Sequence[int], batch_tokens: int, pooling: str, layer: int) -> str:
+    """The caller's tag (what model embeds which rows how) plus what fixes the batches: rows' token counts and the
+    token budget. A record with another identity is never continued."""
+    h = hashlib.sha256(json.dumps([tag, batch_tokens, pooling, layer]).encode())
+    h.update(np.asarray(lengths, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _batches_done(out: Path, identity: str, shape: tuple[int, int]) -> int:
+    """Batches an earlier attempt finished and recorded for this identity and shape; 0 when there is nothing to
+    continue (no file, no record, another identity or shape, an unreadable record)."""
+    try:
+        record = json.loads(progress_file(out).read_text())
+        if record.get("identity") != identity or np.load(out, mmap_mode="r").shape != shape:
+            return 0
+        return int(record["batches_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 @torch.inference_mode()
 def embed_token_ids(
     model,
@@ -49,40 +88,66 @@ def embed_token_ids(
     batch_tokens: int = 16384,
     out: Path | None = None,
     desc: str = "embedding",
+    resume_tag: str | None = None,
 ) -> np.ndarray:
-    """(N, hidden) float32 embeddings of pre-tokenised rows, in input order."""
+    """(N, hidden) float32 embeddings of pre-tokenised rows, in input order.
+
+    With `out` and `resume_tag` (a string naming the model, the rows and the settings: the loop passes its
+    embedding cache key), a file left by an interrupted call with the same tag, token counts and batch_tokens is
+    continued after its last recorded batch instead of started over."""
     n = len(token_ids)
     shape = (n, model.config.hidden_size)
-    result = (
-        np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
-        if out is not None
-        else np.empty(shape, dtype=np.float32)
-    )
+    lengths = [len(t) for t in token_ids]
+    identity = _resume_identity(resume_tag, lengths, batch_tokens, pooling, layer) if out and resume_tag else None
+    skip = _batches_done(Path(out), identity, shape) if out and identity else 0
+    if out is None:
+        result = np.empty(shape, dtype=np.float32)
+    elif skip:
+        result = np.lib.format.open_memmap(out, mode="r+")
+    else:
+        result = new_rows_file(Path(out), shape)
 
     def write(batch: np.ndarray, values: np.ndarray) -> None:
         result[batch] = values
 
-    embed_batches(model, token_ids, pad_id, pooling, layer, batch_tokens, write, desc)
+    def checkpoint(batches_done: int) -> None:
+        assert isinstance(result, np.memmap) and out is not None
+        result.flush()  # rows on disk before the record that names them
+        write_json(progress_file(Path(out)), {"identity": identity, "batches_done": batches_done})
+
+    embed_batches(
+        model, token_ids, pad_id, pooling, layer, batch_tokens, write, desc, skip, checkpoint if identity else None
+    )
     if isinstance(result, np.memmap):
         result.flush()
     return result
 
 
 @torch.inference_mode()
-def embed_batches(model, token_ids, pad_id: int, pooling: str, layer: int, batch_tokens: int, write, desc: str) -> None:
+def embed_batches(
+    model, token_ids, pad_id: int, pooling: str, layer: int, batch_tokens: int, write, desc: str, skip: int = 0,
+    checkpoint=None,
+) -> None:
     """Embed rows in token-budget batches and hand each batch to `write(positions, float32 values)`: the one
-    forward loop behind the in-memory, memmap and data-parallel results."""
+    forward loop behind the in-memory, memmap and data-parallel results. The first `skip` batches are taken as
+    done; `checkpoint(batches_done)` is called every CHECKPOINT_S seconds and after the last batch."""
     body = decoder_body(model)
     device = next(body.parameters()).device
     lengths = [len(t) for t in token_ids]
-    with progress_bar(desc, total=sum(lengths), unit="tok") as advance:
-        for batch in token_budget_batches(lengths, batch_tokens):
+    batches = token_budget_batches(lengths, batch_tokens)
+    todo = batches[skip:]
+    last = time.monotonic()
+    with progress_bar(desc, total=sum(lengths[i] for b in todo for i in b), unit="tok") as advance:
+        for j, batch in enumerate(todo, start=skip + 1):
             ids, mask = padded_batch([token_ids[i] for i in batch], pad_id)
             ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             outputs = body(input_ids=ids, attention_mask=mask, output_hidden_states=layer != -1, use_cache=False)
             hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
             write(batch, pool_hidden(hidden, mask, pooling).cpu().numpy())
             advance(int(sum(lengths[i] for i in batch)))
+            if checkpoint is not None and (j == len(batches) or time.monotonic() - last >= CHECKPOINT_S):
+                checkpoint(j)
+                last = time.monotonic()
 
 
 def embed_rows(
@@ -93,8 +158,10 @@ def embed_rows(
     out: Path | None = None,
     desc: str = "embedding",
     shared_fs: bool = True,
+    resume_tag: str | None = None,
 ):
-    """Tokenise and embed texts as the recipe's `embedding` block says.
+    """Tokenise and embed texts as the recipe's `embedding` block says (in one process, an interrupted embedding
+    into `out` with the same `resume_tag` is continued: `embed_token_ids`).
 
     Under torch.distributed (more than one rank) every rank must call this with the same texts: each embeds a
     length-balanced shard (`embed_rows_distributed`). With `shared_fs` and `out`, every rank gets the one file
@@ -103,7 +170,9 @@ def embed_rows(
     if distributed.world_size() > 1 and distributed.is_initialized():
         return embed_rows_distributed(model, tokenizer, texts, spec, out, desc, shared_fs=shared_fs)
     ids = tokenize_texts(tokenizer, texts, spec.max_length)
-    return embed_token_ids(model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc)
+    return embed_token_ids(
+        model, ids, tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens, out, desc, resume_tag
+    )
 
 
 # -- data-parallel embedding ----------------------------------------------------------------------------------------
@@ -180,9 +249,7 @@ def embed_rows_distributed(
     args = (tokenizer.pad_token_id, spec.pooling, spec.layer, spec.batch_tokens)
     if shared_fs and out is not None:
         out = Path(out)
-        distributed.on_rank0(
-            lambda: np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden)).flush()
-        )
+        distributed.on_rank0(lambda: new_rows_file(out, (n, hidden)).flush())
         rows = _RowFile(out)
 
         def write(batch, values):
@@ -205,11 +272,7 @@ def embed_rows_distributed(
     embed_batches(model, ids, *args, keep, desc)
     result = None
     if distributed.is_rank0():
-        result = (
-            np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, hidden))
-            if out is not None
-            else np.empty((n, hidden), dtype=np.float32)
-        )
+        result = new_rows_file(Path(out), (n, hidden)) if out is not None else np.empty((n, hidden), np.float32)
     longest = max(distributed.all_gather_object(len(mine)))
     for start in range(0, max(longest, 1), gather_rows):
         part = (mine[start : start + gather_rows], local[start : start + gather_rows])
@@ -249,8 +312,6 @@ def contiguous_block(emb, n: int):
 def model_fingerprint(model_dir: Path) -> str:
     """Identity of a model folder without reading its weights: config.json's content and the weight files'
     names, sizes and modification times (hashing gigabytes of weights on every round would defeat the cache)."""
-    import hashlib
-
     model_dir = Path(model_dir)
     h = hashlib.sha256((model_dir / "config.json").read_bytes())
     for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
@@ -271,8 +332,6 @@ def pool_texts(rows: Sequence[dict], fmt: str, tokenizer, text: str = "prompt_re
 
 def pool_digest(pool_sha256: str | None, fmt: str, file_rows: Sequence[int]) -> str:
     """The pool part of an embedding cache key: its content, its format, and which of its rows are embedded."""
-    import hashlib
-
     rows_digest = hashlib.sha256(np.asarray(file_rows, dtype=np.int64).tobytes()).hexdigest()
     return f"{pool_sha256}:{fmt}:{rows_digest}"
 
@@ -293,9 +352,6 @@ def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None
     The settings are those that say what a row's vector is (pooling, layer, max_length, text), not how it is
     computed or delivered (batch_tokens, shared_fs, cache). One added later enters the key only when it differs
     from its default (`hashing.HASH_NEUTRAL`), so embeddings cached before it existed are still found."""
-    import hashlib
-    import json
-
     from .data import file_sha256
     from .hashing import without_neutral_defaults
     from .models import dtype_name

@@ -137,14 +137,17 @@ class RoundStages:
         return load_model(self.recipe.base_model, adapter, spec.device, spec.dtype, self.trust_remote_code)
 
     # -- embedding ------------------------------------------------------------------------------------------
-    def _cache_key(self, k: int, base: bool = False) -> str | None:
+    def _identity(self, k: int, base: bool = False) -> str:
+        """What round k's embeddings are of (pool rows, base model, adapter weights, settings, dtype): the cache
+        key, and the tag an interrupted embedding is continued under."""
         from .embedding import embedding_cache_key, pool_digest
 
-        if not self.sel.embedding.cache:
-            return None
         pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
         adapter = None if base else self.paths.adapter(k)
         return embedding_cache_key(pool, Path(self.recipe.base_model), adapter, self.sel.embedding)
+
+    def _cache_key(self, k: int, base: bool = False) -> str | None:
+        return self._identity(k, base) if self.sel.embedding.cache else None
 
     @property
     def _cache_dir(self) -> Path:
@@ -171,7 +174,7 @@ class RoundStages:
         return False
 
     def embed(self, k: int, model, base: bool = False) -> np.ndarray:
-        from .embedding import cache_store, check_finite, embed_rows, pool_texts
+        from .embedding import cache_store, check_finite, embed_rows, pool_texts, progress_file
 
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if self.embed_from_cache(k, base):
@@ -182,14 +185,18 @@ class RoundStages:
         # under torchrun every rank embeds its shard into the one partial file, or (shared_fs: false) sends it to
         # rank 0, which writes it (embedding.embed_rows_distributed)
         spec = self.sel.embedding
-        emb = embed_rows(model, self.tokenizer, texts, spec, out=partial, desc=desc, shared_fs=spec.shared_fs)
+        identity = self._identity(k, base)  # an interrupted embedding of the same is continued, not redone
+        emb = embed_rows(
+            model, self.tokenizer, texts, spec, out=partial, desc=desc, shared_fs=spec.shared_fs, resume_tag=identity
+        )
         del emb
-        key = self._cache_key(k, base)
+        key = identity if spec.cache else None
 
         def publish() -> None:
             check_finite(np.load(partial, mmap_mode="r"), f"round {k}")
             failpoint("embed:base" if base else f"embed:{k}")
             partial.replace(path)
+            progress_file(partial).unlink(missing_ok=True)
             if key:
                 cache_store(self._cache_dir, key, path)
 

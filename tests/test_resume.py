@@ -56,3 +56,49 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model, pool_file
         )
     leftovers = [p for p in b.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_an_interrupted_embedding_continues_after_its_last_recorded_batch(tmp_path, tiny_model, monkeypatch):
+    """A file left by an embedding stopped mid-way is continued under the same tag: only the batches it did not
+    record run again, and the rows equal an uninterrupted embedding's; under another tag it starts over."""
+    from diverse_axolotl import embedding
+    from diverse_axolotl.inference import token_budget_batches
+    from diverse_axolotl.models import load_model
+
+    model = load_model(tiny_model, None, device="cpu", dtype="float32")
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 200, size=int(n)).tolist() for n in rng.integers(3, 40, size=30)]
+    want = embedding.embed_token_ids(model, ids, 0, batch_tokens=64)
+    n_batches = len(token_budget_batches([len(t) for t in ids], 64))
+    assert n_batches > 6
+
+    monkeypatch.setattr(embedding, "CHECKPOINT_S", 0.0)  # a record after every batch
+    real_pool_hidden = embedding.pool_hidden
+    forwards = {"n": 0, "stop_after": None}
+
+    def counted(*args, **kwargs):
+        forwards["n"] += 1
+        if forwards["stop_after"] is not None and forwards["n"] > forwards["stop_after"]:
+            raise KeyboardInterrupt  # stopped inside batch stop_after + 1, before its rows were written
+        return real_pool_hidden(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "pool_hidden", counted)
+    out = tmp_path / ".embeddings.partial.npy"
+
+    def attempt(tag: str, stop_after: int | None):
+        forwards.update(n=0, stop_after=stop_after)
+        return embedding.embed_token_ids(model, ids, 0, batch_tokens=64, out=out, resume_tag=tag)
+
+    with pytest.raises(KeyboardInterrupt):
+        attempt("round 1", stop_after=4)
+    assert json.loads(embedding.progress_file(out).read_text())["batches_done"] == 4
+    got = attempt("round 1", stop_after=None)
+    assert forwards["n"] == n_batches - 4
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+    out.replace(tmp_path / "embeddings.npy")  # published, as the loop does, with its record removed
+    embedding.progress_file(out).unlink()
+    with pytest.raises(KeyboardInterrupt):
+        attempt("round 1", stop_after=2)
+    attempt("round 2", stop_after=None)  # another model or rows: nothing of the file is trusted
+    assert forwards["n"] == n_batches
