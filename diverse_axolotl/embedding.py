@@ -58,11 +58,14 @@ def new_rows_file(out: Path, shape: tuple[int, int]) -> np.memmap:
     return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape)
 
 
-def _resume_identity(tag: str, lengths: Sequence[int], batch_tokens: int, pooling: str, layer: int) -> str:
-    """The caller's tag (what model embeds which rows how) plus what fixes the batches: rows' token counts and the
-    token budget. A record with another identity is never continued."""
+def _resume_identity(tag: str, token_ids: Sequence[Sequence[int]], batch_tokens: int, pooling: str, layer: int) -> str:
+    """The caller's tag (what model embeds which rows how) plus what the rows and batches are: every row's token
+    ids, the batch order and the token budget. A record with another identity is never continued."""
     h = hashlib.sha256(json.dumps([tag, batch_tokens, pooling, layer]).encode())
-    h.update(np.asarray(lengths, dtype=np.int64).tobytes())
+    for ids in token_ids:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
+    lengths = [len(t) for t in token_ids]
+    h.update(np.concatenate(token_budget_batches(lengths, batch_tokens) or [np.zeros(0, np.int64)]).tobytes())
     return h.hexdigest()
 
 
@@ -74,7 +77,7 @@ def _batches_done(out: Path, identity: str, shape: tuple[int, int]) -> int:
         if record.get("identity") != identity or np.load(out, mmap_mode="r").shape != shape:
             return 0
         return int(record["batches_done"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
 
 
@@ -97,8 +100,7 @@ def embed_token_ids(
     continued after its last recorded batch instead of started over."""
     n = len(token_ids)
     shape = (n, model.config.hidden_size)
-    lengths = [len(t) for t in token_ids]
-    identity = _resume_identity(resume_tag, lengths, batch_tokens, pooling, layer) if out and resume_tag else None
+    identity = _resume_identity(resume_tag, token_ids, batch_tokens, pooling, layer) if out and resume_tag else None
     skip = _batches_done(Path(out), identity, shape) if out and identity else 0
     if out is None:
         result = np.empty(shape, dtype=np.float32)

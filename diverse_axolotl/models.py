@@ -112,14 +112,15 @@ def available_cores() -> int:
 
 
 def cpu_threads() -> int:
-    """Threads for this process's CPU work (training, embedding, scoring, evaluation): OMP_NUM_THREADS where it is
-    set, else the available cores shared among this machine's processes (LOCAL_WORLD_SIZE under torchrun, which
-    itself sets OMP_NUM_THREADS=1 per process unless you do). A user's cap on a shared machine holds everywhere."""
+    """Threads for this process's CPU work (training, embedding, scoring, evaluation): the available cores, shared
+    among the processes of a torchrun launch on this machine (LOCAL_WORLD_SIZE), and capped by OMP_NUM_THREADS
+    where you set it outside torchrun (torchrun sets it to 1 for every process itself, so there it is no cap)."""
+    local_world = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    share = max(1, available_cores() // local_world)
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, available_cores() // max(local_world, 1))
+    if local_world == 1 and value.isdigit() and int(value) > 0:
+        return min(int(value), share)
+    return share
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -184,7 +185,8 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
 ):
-    """Base causal LM in eval mode, with the LoRA adapter applied through peft and merged when given.
+    """Base causal LM in eval mode, with the LoRA adapter applied through peft and merged when given (unless it
+    adapts tied embeddings: `merge_keeps_the_numbers`).
 
     Every caller only runs the model forward (embedding, scoring, evaluation), so the adapter is folded into the
     base weights (`merge_and_unload`): each adapted layer then does one matmul instead of three. In bf16 on a CPU
@@ -203,8 +205,23 @@ def load_model(
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"adapter folder {adapter} has no adapter_config.json")
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if merge_keeps_the_numbers(model):
+            model = model.merge_and_unload()
     return model.to(dev).eval()
+
+
+def merge_keeps_the_numbers(peft_model) -> bool:
+    """Whether folding the adapter into the base weights leaves the model's function unchanged: not when it adapts
+    (or replaces) an embedding matrix the model ties to the other one, which merging would change in both."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    if not getattr(base.config, "tie_word_embeddings", False):
+        return True
+    tied = (base.get_input_embeddings(), base.get_output_embeddings())
+    return not any(isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper)) for m in tied)
 
 
 def decoder_body(model):

@@ -46,28 +46,34 @@ def _console() -> Console:
 PLAIN_EVERY_S = 60.0  # seconds between the plain progress lines written to a non-terminal
 
 
-def _plain_progress(console: Console, description: str, total: int, unit: str):
-    """`advance(n)` that writes `description: done/total unit (pct), rate, eta` every PLAIN_EVERY_S seconds, and
-    a last line at the end if it wrote any."""
-    start = last = time.monotonic()
-    done = 0
+class _PlainProgress:
+    """`advance(n)` writes `description: done/total unit (pct), rate, elapsed, eta` once per PLAIN_EVERY_S seconds;
+    `close()` writes a last line if any was written (a stage shorter than that stays silent)."""
 
-    def advance(n: int = 1) -> None:
-        nonlocal done, last
-        done += n
-        now = time.monotonic()
-        if now - last < PLAIN_EVERY_S and not (done >= total and last > start):
-            return
-        last = now
-        rate = done / max(now - start, 1e-9)
-        eta = f", eta {_minutes((total - done) / rate)}" if 0 < done < total else ""
-        console.file.write(
-            f"{description}: {done:,}/{total:,} {unit} ({done / max(total, 1):.0%}), {rate:,.1f} {unit}/s,"
-            f" {_minutes(now - start)} elapsed{eta}\n"
+    def __init__(self, console: Console, description: str, total: int, unit: str):
+        self.console, self.description, self.total, self.unit = console, description, total, unit
+        self.start = self.last = time.monotonic()
+        self.done, self.wrote = 0, False
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if time.monotonic() - self.last >= PLAIN_EVERY_S:
+            self._line()
+
+    def close(self) -> None:
+        if self.wrote:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.last = time.monotonic()
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = f", eta {_minutes((self.total - self.done) / rate)}" if 0 < self.done < self.total else ""
+        self.console.file.write(
+            f"{self.description}: {self.done:,}/{self.total:,} {self.unit} ({self.done / max(self.total, 1):.0%}),"
+            f" {rate:,.1f} {self.unit}/s, {_minutes(now - self.start)} elapsed{eta}\n"
         )
-        console.file.flush()
-
-    return advance
+        self.console.file.flush()
+        self.wrote = True
 
 
 def _minutes(seconds: float) -> str:
@@ -88,7 +94,14 @@ def progress_bar(description: str, total: int, unit: str = "rows"):
     )
     console = _console()
     if not console.is_terminal:
-        yield _plain_progress(console, description, total, unit) if is_rank0() else (lambda n=1: None)
+        if not is_rank0():
+            yield lambda n=1: None
+            return
+        plain = _PlainProgress(console, description, total, unit)
+        try:
+            yield plain.advance
+        finally:
+            plain.close()
         return
     with Progress(
         *columns, console=console, transient=False, disable=not is_rank0(),

@@ -193,7 +193,11 @@ class RoundStages:
         key = identity if spec.cache else None
 
         def publish() -> None:
-            check_finite(np.load(partial, mmap_mode="r"), f"round {k}")
+            try:
+                check_finite(np.load(partial, mmap_mode="r"), f"round {k}")
+            except Exception:
+                progress_file(partial).unlink(missing_ok=True)  # a re-run embeds again rather than trust these rows
+                raise
             failpoint("embed:base" if base else f"embed:{k}")
             partial.replace(path)
             progress_file(partial).unlink(missing_ok=True)

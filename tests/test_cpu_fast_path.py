@@ -185,21 +185,46 @@ def test_an_adapter_is_merged_for_inference_with_the_unmerged_numbers(tmp_path, 
     assert (without - want).abs().max() > 1e-3  # the adapter changes the numbers, so the match above means something
 
 
+def test_an_adapter_on_tied_embeddings_is_not_merged(tmp_path, tiny_model):
+    """Merging LoRA on lm_head would change the embedding matrix it shares with embed_tokens too: such an adapter
+    stays unmerged, with peft's numbers."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from diverse_axolotl.models import load_model
+
+    assert AutoModelForCausalLM.from_pretrained(tiny_model).config.tie_word_embeddings
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), config).save_pretrained(tmp_path / "adapter")
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter").eval()
+    loaded = load_model(tiny_model, tmp_path / "adapter", device="cpu", dtype="float32")
+    ids = torch.randint(0, unmerged.config.vocab_size, (2, 12))
+    with torch.inference_mode():
+        assert torch.allclose(loaded(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    assert any("lora" in name for name, _ in loaded.named_modules())
+
+
 def test_omp_num_threads_caps_inference_as_it_caps_training(monkeypatch):
-    """A user's OMP_NUM_THREADS holds for embedding, scoring and evaluation too; unset, the cores are shared among
-    torchrun's processes on the machine; the thread count is restored afterwards."""
+    """A user's OMP_NUM_THREADS holds for embedding, scoring and evaluation too (up to the cores); under torchrun,
+    which sets it to 1 itself, each process takes its share of the cores; the thread count is restored after."""
     import torch
 
     from diverse_axolotl import models
 
     monkeypatch.setattr(models, "available_cores", lambda: 8)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert models.cpu_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")  # inherited from a bigger machine: never more than the cores
+    assert models.cpu_threads() == 8
     monkeypatch.delenv("OMP_NUM_THREADS")
+    assert models.cpu_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: its own OMP_NUM_THREADS=1 is no cap; a share each
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert models.cpu_threads() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert models.cpu_threads() == 8
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     before = torch.get_num_threads()
     with models.all_cpu_threads():
@@ -209,19 +234,20 @@ def test_omp_num_threads_caps_inference_as_it_caps_training(monkeypatch):
 
 def test_a_log_gets_a_progress_line_a_minute_instead_of_a_bar(monkeypatch):
     """Off a terminal (nohup, a log file), a long stage writes `done/total (pct), rate, elapsed, eta` once per
-    PLAIN_EVERY_S seconds and a last line when done; a stage shorter than that writes nothing."""
+    PLAIN_EVERY_S seconds and a last line when it ends; a stage shorter than that writes nothing."""
     import io
 
     from rich.console import Console
 
     from diverse_axolotl import progress
 
+    now = {"t": 0.0}
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now["t"])
     out = io.StringIO()
     monkeypatch.setattr(progress, "_console", lambda: Console(file=out))
-    clock = iter([0.0, 10.0, 61.0, 90.0, 125.0, 130.0])
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     with progress.progress_bar("round 1: embedding", total=400, unit="tok") as advance:
-        for _ in range(5):
+        for t in (10.0, 61.0, 90.0, 125.0, 130.0):
+            now["t"] = t
             advance(80)
     assert out.getvalue().splitlines() == [
         "round 1: embedding: 160/400 tok (40%), 2.6 tok/s, 1.0 min elapsed, eta 1.5 min",
@@ -230,8 +256,9 @@ def test_a_log_gets_a_progress_line_a_minute_instead_of_a_bar(monkeypatch):
     ]
     quiet = io.StringIO()
     monkeypatch.setattr(progress, "_console", lambda: Console(file=quiet))
-    clock = iter([0.0, 5.0, 9.0])
+    now["t"] = 0.0
     with progress.progress_bar("short", total=2) as advance:
-        advance(1)
-        advance(1)
+        for t in (5.0, 9.0):
+            now["t"] = t
+            advance(1)
     assert quiet.getvalue() == ""

@@ -190,9 +190,11 @@ def evaluate(
     lm_results: dict = {}
     ours: dict[str, Any] = {}
     with all_cpu_threads():
-        # one model for lm-eval and our metrics: base + adapter merged (models.load_model), handed to HFLM as is
-        model = load_model(base_model, adapter, device, dtype, trust_remote_code)
-        tokenizer = load_tokenizer(base_model, trust_remote_code)
+        # one model for lm-eval and our metrics: base + adapter merged (models.load_model), handed to HFLM as is;
+        # what loading says (peft, transformers) goes to the evaluation's log with lm-eval's own output
+        with logs_to_file(Path(log_file) if log_file else None):
+            model = load_model(base_model, adapter, device, dtype, trust_remote_code)
+            tokenizer = load_tokenizer(base_model, trust_remote_code)
         if lm_requests:
             say(f"lm-eval: {', '.join(r.name for r in lm_requests)}" + (f" (log: {log_file})" if log_file else ""))
             with logs_to_file(Path(log_file) if log_file else None):
