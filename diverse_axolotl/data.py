@@ -11,10 +11,12 @@ or an Axolotl-style `datasets:` entry are read as one pool by `pools`. Errors na
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
 import lzma
+import os
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +282,15 @@ def prompt_and_response(row: dict, fmt: str, tokenizer=None) -> tuple[str, str]:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256, read once per version of the file: a run hashes its round's adapter for the embedding
+    cache, the score cache and the evaluation cache, and the answer is kept while the file's inode, size and
+    modification time stay the same."""
+    st = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -348,29 +348,55 @@ def check_finite(emb, where: str) -> None:
         raise UserError(f"{where}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
 
 
-def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
-    """(pool, base model, adapter weights, the embedding settings that change the numbers, dtype) -> a hex key.
-
-    The settings are those that say what a row's vector is (pooling, layer, max_length, text), not how it is
-    computed or delivered (batch_tokens, shared_fs, cache). One added later enters the key only when it differs
-    from its default (`hashing.HASH_NEUTRAL`), so embeddings cached before it existed are still found."""
+def _model_part(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> dict:
+    """What every cached per-row result depends on: the pool rows, the base model, the adapter's weights and the
+    dtype the model runs in (what `auto` stands for on this machine)."""
     from .data import file_sha256
-    from .hashing import without_neutral_defaults
     from .models import dtype_name
 
     adapter_digest = None
     if adapter is not None:  # the weights file peft wrote (safetensors, or .bin from older peft)
         weights = Path(adapter) / "adapter_model.safetensors"
         adapter_digest = file_sha256(weights if weights.is_file() else Path(adapter) / "adapter_model.bin")
-    what = {name: getattr(spec, name) for name in ("pooling", "layer", "max_length", "text")}
-    payload = {
+    return {
         "pool": pool_digest,
         "model": model_fingerprint(base_model),
         "adapter": adapter_digest,
-        **without_neutral_defaults(spec, what),
-        "dtype": dtype_name(spec.dtype, spec.device),  # what `auto` stands for on this machine
+        "dtype": dtype_name(spec.dtype, spec.device),
     }
+
+
+def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
+    """(pool, base model, adapter weights, the embedding settings that change the numbers, dtype) -> a hex key.
+
+    The settings are those that say what a row's vector is (pooling, layer, max_length, text), not how it is
+    computed or delivered (batch_tokens, shared_fs, cache). One added later enters the key only when it differs
+    from its default (`hashing.HASH_NEUTRAL`), so embeddings cached before it existed are still found."""
+    from .hashing import without_neutral_defaults
+
+    what = {name: getattr(spec, name) for name in ("pooling", "layer", "max_length", "text")}
+    return _key({**_model_part(pool_digest, base_model, adapter, spec), **without_neutral_defaults(spec, what)})
+
+
+def score_cache_key(
+    pool_digest: str, base_model: Path, adapter: Path | None, spec, scorer: dict, rows: np.ndarray
+) -> str:
+    """(pool, base model, adapter weights, dtype, the scorer with its parameters, max_length, which rows) -> a hex
+    key for per-row scores. Two selectors that read the same scorer (deita and qdit both read IFD) share the
+    scores: swapping one for the other costs no scoring pass."""
+    rows_digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
+    return _key(
+        {
+            **_model_part(pool_digest, base_model, adapter, spec),
+            "scores": scorer,
+            "max_length": spec.max_length,
+            "rows": rows_digest,
+        }
+    )
 
 
 def default_cache_dir() -> Path:

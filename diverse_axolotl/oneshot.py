@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Rows, atomic_path, check_rows, clean_pool, write_json, write_jsonl
+from .data import Rows, atomic_path, check_rows, clean_pool, save_npy, write_json, write_jsonl
 from .errors import UserError
 from .pools import axolotl_entry, concat, detect_format, pool_sha256, pool_sources, read_source
 from .selection.base import nonfinite_rows
@@ -191,29 +191,32 @@ def embed_pool(
     pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec, log: Callable[[str], None]
 ) -> tuple[np.ndarray, str | None]:
     """(embeddings of the usable rows, cache key): from the embedding cache when this pool, model and settings
-    were embedded before, else computed (with a progress bar) and stored there."""
+    were embedded before, else computed (with a progress bar) and stored there.
+
+    With the cache on, the rows are written into `.<key>.partial.npy` in the cache folder under a lock on that key,
+    so a `select` stopped mid-way (Ctrl-C, a killed job) continues from its last recorded batch when run again
+    (`embedding.embed_token_ids`). A second process embedding the same key meanwhile writes its own pid-named file."""
     from .embedding import (
         cache_file,
         check_finite,
         default_cache_dir,
         embed_rows,
         embedding_cache_key,
-        pool_digest,
         pool_texts,
+        progress_file,
     )
 
-    kind = "causal" if causal else "encoder-l2"
-    digest = f"{pool_digest(pool.sha256, pool.fmt, pool.file_rows)}:{kind}"
-    key = embedding_cache_key(digest, Path(model_dir), None, spec) if spec.cache else None
+    key = embedding_cache_key(_pool_digest(pool, causal), Path(model_dir), None, spec) if spec.cache else None
     cache_dir = Path(spec.cache_dir or default_cache_dir())
     cached = cache_file(cache_dir, key) if key else None
     if cached is not None and cached.is_file():
         log(f"embeddings reused from the cache ({key})")
         return np.load(cached, mmap_mode="r"), key
-    out = None
+    out, lock = None, None
     if cached is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        out = cache_dir / f".{key}.{os.getpid()}.partial.npy"
+        lock = _try_lock(cache_dir / f".{key}.lock")
+        out = cache_dir / (f".{key}.partial.npy" if lock is not None else f".{key}.{os.getpid()}.partial.npy")
     try:
         emb = embed_rows(
             model,
@@ -222,8 +225,15 @@ def embed_pool(
             spec,
             out=out,
             desc="embedding the pool",
+            resume_tag=key if lock is not None else None,
         )
-        check_finite(emb, str(model_dir))
+        try:
+            check_finite(emb, str(model_dir))
+        except UserError:
+            if out is not None:  # a re-run embeds again rather than trust these rows
+                progress_file(out).unlink(missing_ok=True)
+                out.unlink(missing_ok=True)
+            raise
         if not causal:
             l2_normalise(emb)
         if out is None or cached is None:
@@ -231,10 +241,58 @@ def embed_pool(
         emb.flush()
         del emb
         out.replace(cached)
+        progress_file(out).unlink(missing_ok=True)
+        if lock is not None:
+            (cache_dir / f".{key}.lock").unlink(missing_ok=True)
     finally:
-        if out is not None and out.exists():
-            out.unlink()
+        if lock is None and out is not None and out.exists():
+            out.unlink()  # a pid-named file is nobody's to continue
+        if lock is not None:
+            os.close(lock)  # releases the flock
     return np.load(cached, mmap_mode="r"), key
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on `path`, or None when another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _pool_digest(pool: Pool, causal: bool) -> str:
+    """The pool part of the cache keys of `select`'s embeddings and scores (an encoder's vectors are L2-normalised,
+    a causal model's are not: never the same entry)."""
+    from .embedding import pool_digest
+
+    return f"{pool_digest(pool.sha256, pool.fmt, pool.file_rows)}:{'causal' if causal else 'encoder-l2'}"
+
+
+def score_pool(pool: Pool, scorer_name: str, model, tokenizer, model_dir: Path, spec, log: Callable[[str], None]):
+    """Every usable row's score by the named scorer (default parameters): from the cache when this pool, model and
+    scorer were scored before (the loop's score cache, in the embedding cache's folder), else computed and stored."""
+    from .embedding import cache_file, default_cache_dir, score_cache_key
+    from .scoring import get_scorer
+
+    scorer = get_scorer(scorer_name)
+    rows = np.arange(len(pool.rows))
+    key = score_cache_key(_pool_digest(pool, True), Path(model_dir), None, spec, scorer.identity(), rows)
+    cached = cache_file(Path(spec.cache_dir or default_cache_dir()), key) if spec.cache else None
+    if cached is not None and cached.is_file():
+        log(f"scores ({scorer_name}) reused from the cache ({key})")
+        return np.load(cached)
+    desc = f"scoring ({scorer_name})"
+    values = np.asarray(
+        scorer.score(model, tokenizer, pool.rows, pool.fmt, max_length=spec.max_length, desc=desc), dtype=np.float64
+    )
+    if cached is not None:
+        save_npy(cached, values)
+    return values
 
 
 def array_sha256(emb: np.ndarray) -> str:
@@ -315,12 +373,8 @@ def select_pool(
             if scorer:
                 if not causal:
                     raise UserError(f"scorer '{scorer}' needs a causal language model; {model_dir} is an encoder")
-                from .scoring import get_scorer
-
                 t = time.perf_counter()
-                scores = get_scorer(scorer).score(
-                    model, tokenizer, pool.rows, pool.fmt, max_length=spec.max_length, desc=f"scoring ({scorer})"
-                )
+                scores = score_pool(pool, scorer, model, tokenizer, model_dir, spec, log)
                 timings["score_s"] = time.perf_counter() - t
     del model
     t = time.perf_counter()

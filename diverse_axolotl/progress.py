@@ -83,15 +83,6 @@ def _minutes(seconds: float) -> str:
 @contextmanager
 def progress_bar(description: str, total: int, unit: str = "rows"):
     """Yield `advance(n)`; shows done/total, rate and ETA (a bar on a terminal, a line a minute elsewhere)."""
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
     console = _console()
     if not console.is_terminal:
         if not is_rank0():
@@ -103,6 +94,15 @@ def progress_bar(description: str, total: int, unit: str = "rows"):
         finally:
             plain.close()
         return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(
         *columns, console=console, transient=False, disable=not is_rank0(),
         redirect_stdout=False, redirect_stderr=False,  # prints of other libraries stay where they were going

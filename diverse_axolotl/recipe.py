@@ -162,7 +162,9 @@ class EmbeddingSpec(Strict):
         description="auto: bfloat16 on a GPU and on a CPU with native bf16 measured faster than float32, else float32",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cache: bool = Field(True, description="reuse embeddings of the same pool, model, adapter and settings across runs")
+    cache: bool = Field(
+        True, description="reuse embeddings and per-row scores of the same pool, model, adapter, settings across runs"
+    )
     cache_dir: LaxPath | None = Field(None, description="default: $DIVERSE_AXOLOTL_CACHE or ~/.cache/diverse-axolotl")
     text: Literal["prompt_response", "prompt"] = Field(
         "prompt_response",

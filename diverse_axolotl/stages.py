@@ -212,6 +212,7 @@ class RoundStages:
         name = self.scorer_name
         if name is None:
             return None
+        from .embedding import cache_store
         from .scoring import get_scorer
         from .scoring.sharded import score_rows  # data-parallel under torchrun, a plain call otherwise
 
@@ -220,6 +221,10 @@ class RoundStages:
             return np.load(path)
         scorer = self.sel.scorer.build() if self.sel.scorer else get_scorer(name)
         which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
+        key = self._score_key(k, base, scorer, which)
+        if key and agreed(self._scores_from_cache, key, path):
+            self.log(f"round {k}: {'base model ' if base else ''}scores ({name}) reused from the cache ({key})")
+            return np.load(path)
         values = np.zeros(len(self.rows), dtype=np.float64)
         values[which] = score_rows(
             scorer,
@@ -231,7 +236,25 @@ class RoundStages:
             desc=f"round {k}: scoring ({name}{', base model' if base else ''})",
         )
         on_rank0(save_npy, path, values)
+        if key:
+            on_rank0(cache_store, self._cache_dir, key, path)
         return values
+
+    def _score_key(self, k: int, base: bool, scorer, which: np.ndarray) -> str | None:
+        """The score cache key (in the embedding cache's folder; `selection.embedding.cache` turns both off)."""
+        from .embedding import pool_digest, score_cache_key
+
+        if not self.sel.embedding.cache:
+            return None
+        pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
+        adapter = None if base else self.paths.adapter(k)
+        spec = self.sel.embedding
+        return score_cache_key(pool, Path(self.recipe.base_model), adapter, spec, scorer.identity(), which)
+
+    def _scores_from_cache(self, key: str, path: Path) -> bool:
+        from .embedding import cache_fetch
+
+        return cache_fetch(self._cache_dir, key, path)
 
     def embeds(self, k: int) -> bool:
         """Whether the selection after round k reads the pool's embeddings with round k's adapter: the selector

@@ -102,3 +102,51 @@ def test_an_interrupted_embedding_continues_after_its_last_recorded_batch(tmp_pa
         attempt("round 1", stop_after=2)
     attempt("round 2", stop_after=None)  # another model or rows: nothing of the file is trusted
     assert forwards["n"] == n_batches
+
+
+def test_an_interrupted_select_continues_its_pool_embedding(tmp_path, tiny_model, pool_file, monkeypatch):
+    """`select` stopped (Ctrl-C) mid-embedding leaves the rows it recorded in the cache folder; the next `select`
+    embeds only the rest, picks what an uninterrupted run picks, and leaves no partial file, record or lock."""
+    from click.testing import CliRunner
+
+    from diverse_axolotl import embedding
+    from diverse_axolotl.cli import main
+
+    monkeypatch.setattr(embedding, "CHECKPOINT_S", 0.0)
+    real_pool_hidden = embedding.pool_hidden
+    forwards = {"n": 0, "stop_after": None}
+
+    def counted(*args, **kwargs):
+        forwards["n"] += 1
+        if forwards["stop_after"] is not None and forwards["n"] > forwards["stop_after"]:
+            raise KeyboardInterrupt
+        return real_pool_hidden(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "pool_hidden", counted)
+
+    def select(cache: Path, stop_after: int | None):
+        monkeypatch.setenv("DIVERSE_AXOLOTL_CACHE", str(cache))
+        forwards.update(n=0, stop_after=stop_after)
+        out = cache.parent / f"{cache.name}.jsonl"
+        args = ["select", pool_file, "--selector", "kcenter", "--param", "device=cpu", "--budget", "6"]
+        result = CliRunner().invoke(main, [str(a) for a in [*args, "--model", tiny_model, "--out", out]])
+        return result, out
+
+    from diverse_axolotl import oneshot
+
+    real_spec = oneshot.embedding_spec  # small batches (the default 16,384 tokens hold this whole pool)
+    monkeypatch.setattr(oneshot, "embedding_spec", lambda causal, spec=None: real_spec(causal, spec).model_copy(
+        update={"batch_tokens": 256}))
+    whole, whole_out = select(tmp_path / "whole", None)
+    assert whole.exit_code == 0, whole.output
+    n_batches = forwards["n"]
+    assert n_batches >= 4
+    stopped, _ = select(tmp_path / "cache", n_batches // 2)
+    assert stopped.exit_code == 130, stopped.output
+    folder = tmp_path / "cache" / "embeddings"
+    assert [p.name for p in folder.glob(".*.partial.npy")], "the recorded rows were not kept"
+    again, out = select(tmp_path / "cache", None)
+    assert again.exit_code == 0, again.output
+    assert forwards["n"] == n_batches - n_batches // 2
+    assert out.read_text() == whole_out.read_text()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []

@@ -21,8 +21,19 @@ class Scorer:
     def __init__(self, **params):
         self.params = parse_params(f"scorer {self.name}", self.Params, params)
 
+    #: Parameters that say how the scores are computed, not what they are: left out of the score cache key.
+    how_params: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "batch_size"})
+
     def check_ready(self, recipe) -> None:
         """Fail at `validate` time when something the scorer needs is missing (files, models)."""
+
+    def identity(self) -> dict:
+        """What the scores are, for the score cache: the name and the parameters that change the numbers. A scorer
+        that reads files of its own (a reward model) adds their identity, so a changed file is scored again."""
+        from ..hashing import without_neutral_defaults
+
+        params = without_neutral_defaults(self.params, self.params.model_dump(mode="json"))
+        return {"name": self.name, **{k: v for k, v in params.items() if k not in self.how_params}}
 
     def score(
         self, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring"

@@ -37,6 +37,11 @@ class RewardGapScorer(Scorer):
         if not (folder / "config.json").is_file():
             raise UserError(f"reward_model {folder} is not a model folder (no config.json)")
 
+    def identity(self) -> dict:
+        from ..embedding import model_fingerprint
+
+        return {**super().identity(), "reward_model": model_fingerprint(self.params.reward_model)}
+
     @torch.inference_mode()
     def score(self, model, tokenizer, rows, fmt, max_length=512, desc="scoring"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
