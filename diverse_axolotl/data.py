@@ -11,12 +11,12 @@ or an Axolotl-style `datasets:` entry are read as one pool by `pools`. Errors na
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import json
 import lzma
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -281,18 +281,25 @@ def prompt_and_response(row: dict, fmt: str, tokenizer=None) -> tuple[str, str]:
     return "", str(row["text"])
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read once per version of the file: a run hashes its round's adapter for the embedding
-    cache, the score cache and the evaluation cache, and the answer is kept while the file's inode, size and
-    modification time stay the same."""
-    st = os.stat(path)
-    return _sha256_of_version(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: Path, reuse: bool = True) -> str:
+    """The file's sha256. With `reuse`, an answer is kept per version of the file (inode, size, modification time):
+    a run hashes its round's adapter for the embedding, score and evaluation caches. A file modified in the last
+    two seconds is always read (git's "racy" rule: a rewrite within the clock's granularity keeps its mtime);
+    `reuse=False` always reads (integrity checks)."""
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        version = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if reuse and version in _SHA256_BY_VERSION:
+            return _SHA256_BY_VERSION[version]
+        h = hashlib.sha256()
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        if len(_SHA256_BY_VERSION) >= 256:
+            _SHA256_BY_VERSION.pop(next(iter(_SHA256_BY_VERSION)))
+        _SHA256_BY_VERSION[version] = digest
+    return digest
+
+
+_SHA256_BY_VERSION: dict[tuple, str] = {}

@@ -24,7 +24,7 @@ import torch
 from . import distributed
 from .faults import failpoint
 from .inference import padded_batch, token_budget_batches
-from .io import link_or_copy, write_json
+from .io import write_json
 from .models import decoder_body
 from .progress import progress_bar
 
@@ -310,18 +310,7 @@ def contiguous_block(emb, n: int):
     return box[0], int(bounds[r])
 
 
-# -- cache ------------------------------------------------------------------------------------------------------
-def model_fingerprint(model_dir: Path) -> str:
-    """Identity of a model folder without reading its weights: config.json's content and the weight files'
-    names, sizes and modification times (hashing gigabytes of weights on every round would defeat the cache)."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
+# -- what is embedded ---------------------------------------------------------------------------------------------
 def pool_texts(rows: Sequence[dict], fmt: str, tokenizer, text: str = "prompt_response") -> list[str]:
     """What is embedded of each row: prompt and response as the model reads them (its chat template for chats),
     or with `text: prompt` the prompt alone (what the row asks, whatever the length of its answer)."""
@@ -332,12 +321,6 @@ def pool_texts(rows: Sequence[dict], fmt: str, tokenizer, text: str = "prompt_re
     return ["".join(prompt_and_response(r, fmt, tokenizer)) for r in rows]
 
 
-def pool_digest(pool_sha256: str | None, fmt: str, file_rows: Sequence[int]) -> str:
-    """The pool part of an embedding cache key: its content, its format, and which of its rows are embedded."""
-    rows_digest = hashlib.sha256(np.asarray(file_rows, dtype=np.int64).tobytes()).hexdigest()
-    return f"{pool_sha256}:{fmt}:{rows_digest}"
-
-
 def check_finite(emb, where: str) -> None:
     """A model that produced NaN/inf embeddings is named in one line (the rows, counted from 0)."""
     from .errors import UserError
@@ -346,77 +329,3 @@ def check_finite(emb, where: str) -> None:
     bad = nonfinite_rows(emb)
     if len(bad):
         raise UserError(f"{where}: the model produced NaN/inf embeddings for rows {bad[:5].tolist()}")
-
-
-def _model_part(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> dict:
-    """What every cached per-row result depends on: the pool rows, the base model, the adapter's weights and the
-    dtype the model runs in (what `auto` stands for on this machine)."""
-    from .data import file_sha256
-    from .models import dtype_name
-
-    adapter_digest = None
-    if adapter is not None:  # the weights file peft wrote (safetensors, or .bin from older peft)
-        weights = Path(adapter) / "adapter_model.safetensors"
-        adapter_digest = file_sha256(weights if weights.is_file() else Path(adapter) / "adapter_model.bin")
-    return {
-        "pool": pool_digest,
-        "model": model_fingerprint(base_model),
-        "adapter": adapter_digest,
-        "dtype": dtype_name(spec.dtype, spec.device),
-    }
-
-
-def _key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def embedding_cache_key(pool_digest: str, base_model: Path, adapter: Path | None, spec) -> str:
-    """(pool, base model, adapter weights, the embedding settings that change the numbers, dtype) -> a hex key.
-
-    The settings are those that say what a row's vector is (pooling, layer, max_length, text), not how it is
-    computed or delivered (batch_tokens, shared_fs, cache). One added later enters the key only when it differs
-    from its default (`hashing.HASH_NEUTRAL`), so embeddings cached before it existed are still found."""
-    from .hashing import without_neutral_defaults
-
-    what = {name: getattr(spec, name) for name in ("pooling", "layer", "max_length", "text")}
-    return _key({**_model_part(pool_digest, base_model, adapter, spec), **without_neutral_defaults(spec, what)})
-
-
-def score_cache_key(
-    pool_digest: str, base_model: Path, adapter: Path | None, spec, scorer: dict, rows: np.ndarray
-) -> str:
-    """(pool, base model, adapter weights, dtype, the scorer with its parameters, max_length, which rows) -> a hex
-    key for per-row scores. Two selectors that read the same scorer (deita and qdit both read IFD) share the
-    scores: swapping one for the other costs no scoring pass."""
-    rows_digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()
-    return _key(
-        {
-            **_model_part(pool_digest, base_model, adapter, spec),
-            "scores": scorer,
-            "max_length": spec.max_length,
-            "rows": rows_digest,
-        }
-    )
-
-
-def default_cache_dir() -> Path:
-    from .cache import cache_root
-
-    return cache_root() / "embeddings"
-
-
-def cache_file(cache_dir: Path, key: str) -> Path:
-    """Where the cache keeps the embeddings of `key`."""
-    return Path(cache_dir) / f"{key}.npy"
-
-
-def cache_fetch(cache_dir: Path, key: str, dst: Path) -> bool:
-    src = cache_file(cache_dir, key)
-    if not src.is_file():
-        return False
-    link_or_copy(src, dst)  # creates dst's folder: round 0 of a `round0: base` run has none yet
-    return True
-
-
-def cache_store(cache_dir: Path, key: str, src: Path) -> None:
-    link_or_copy(src, cache_file(cache_dir, key))

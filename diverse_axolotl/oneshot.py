@@ -10,8 +10,6 @@ picks. The `select` verb and the Axolotl plugin (`integrations`) both call `sele
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Rows, atomic_path, check_rows, clean_pool, save_npy, write_json, write_jsonl
+from .data import Rows, atomic_path, check_rows, clean_pool, write_json, write_jsonl
 from .errors import UserError
 from .pools import axolotl_entry, concat, detect_format, pool_sha256, pool_sources, read_source
 from .selection.base import nonfinite_rows
@@ -144,157 +142,6 @@ def load_embeddings_file(path: Path, n_rows: int) -> np.ndarray:
     return emb
 
 
-def is_causal_lm(model_dir: Path) -> bool:
-    """A decoder (…ForCausalLM in config.json's architectures) is embedded as the loop embeds it; anything else
-    is an encoder, embedded sentence-transformers style."""
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{model_dir}: cannot read config.json ({exc})") from None
-    return any(str(a).endswith("ForCausalLM") for a in cfg.get("architectures") or [])
-
-
-def load_any_model(model_dir: Path, device: str = "auto", dtype: str = "auto"):
-    """(model, causal): a causal LM through `models.load_model`, else the encoder through AutoModel."""
-    from .models import check_model_dir, load_model
-
-    check_model_dir(model_dir)
-    if is_causal_lm(model_dir):
-        return load_model(model_dir, None, device, dtype), True
-    from transformers import AutoModel
-
-    from .models import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    try:
-        model = AutoModel.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype, dev))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load a model from {model_dir}: {str(exc).splitlines()[0]}") from None
-    return model.to(dev).eval(), False
-
-
-def embedding_spec(causal: bool, spec=None):
-    """The loop's embedding settings for a causal LM (the recipe's, if given); mean pooling for an encoder."""
-    from .recipe import EmbeddingSpec
-
-    spec = spec or EmbeddingSpec()
-    return spec if causal else spec.model_copy(update={"pooling": "mean", "layer": -1})
-
-
-def l2_normalise(emb: np.ndarray) -> None:
-    """Rows scaled to unit length in place (sentence-transformers' Normalize)."""
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    emb /= np.maximum(norms, 1e-12)
-
-
-def embed_pool(
-    pool: Pool, model, tokenizer, model_dir: Path, causal: bool, spec, log: Callable[[str], None]
-) -> tuple[np.ndarray, str | None]:
-    """(embeddings of the usable rows, cache key): from the embedding cache when this pool, model and settings
-    were embedded before, else computed (with a progress bar) and stored there.
-
-    With the cache on, the rows are written into `.<key>.partial.npy` in the cache folder under a lock on that key,
-    so a `select` stopped mid-way (Ctrl-C, a killed job) continues from its last recorded batch when run again
-    (`embedding.embed_token_ids`). A second process embedding the same key meanwhile writes its own pid-named file."""
-    from .embedding import (
-        cache_file,
-        check_finite,
-        default_cache_dir,
-        embed_rows,
-        embedding_cache_key,
-        pool_texts,
-        progress_file,
-    )
-
-    key = embedding_cache_key(_pool_digest(pool, causal), Path(model_dir), None, spec) if spec.cache else None
-    cache_dir = Path(spec.cache_dir or default_cache_dir())
-    cached = cache_file(cache_dir, key) if key else None
-    if cached is not None and cached.is_file():
-        log(f"embeddings reused from the cache ({key})")
-        return np.load(cached, mmap_mode="r"), key
-    out, lock = None, None
-    if cached is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        lock = _try_lock(cache_dir / f".{key}.lock")
-        out = cache_dir / (f".{key}.partial.npy" if lock is not None else f".{key}.{os.getpid()}.partial.npy")
-    try:
-        emb = embed_rows(
-            model,
-            tokenizer,
-            pool_texts(pool.rows, pool.fmt, tokenizer, spec.text),
-            spec,
-            out=out,
-            desc="embedding the pool",
-            resume_tag=key if lock is not None else None,
-        )
-        try:
-            check_finite(emb, str(model_dir))
-        except UserError:
-            if out is not None:  # a re-run embeds again rather than trust these rows
-                progress_file(out).unlink(missing_ok=True)
-                out.unlink(missing_ok=True)
-            raise
-        if not causal:
-            l2_normalise(emb)
-        if out is None or cached is None:
-            return emb, None
-        emb.flush()
-        del emb
-        out.replace(cached)
-        progress_file(out).unlink(missing_ok=True)
-        if lock is not None:
-            (cache_dir / f".{key}.lock").unlink(missing_ok=True)
-    finally:
-        if lock is None and out is not None and out.exists():
-            out.unlink()  # a pid-named file is nobody's to continue
-        if lock is not None:
-            os.close(lock)  # releases the flock
-    return np.load(cached, mmap_mode="r"), key
-
-
-def _try_lock(path: Path) -> int | None:
-    """An open descriptor holding an exclusive flock on `path`, or None when another process holds it."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _pool_digest(pool: Pool, causal: bool) -> str:
-    """The pool part of the cache keys of `select`'s embeddings and scores (an encoder's vectors are L2-normalised,
-    a causal model's are not: never the same entry)."""
-    from .embedding import pool_digest
-
-    return f"{pool_digest(pool.sha256, pool.fmt, pool.file_rows)}:{'causal' if causal else 'encoder-l2'}"
-
-
-def score_pool(pool: Pool, scorer_name: str, model, tokenizer, model_dir: Path, spec, log: Callable[[str], None]):
-    """Every usable row's score by the named scorer (default parameters): from the cache when this pool, model and
-    scorer were scored before (the loop's score cache, in the embedding cache's folder), else computed and stored."""
-    from .embedding import cache_file, default_cache_dir, score_cache_key
-    from .scoring import get_scorer
-
-    scorer = get_scorer(scorer_name)
-    rows = np.arange(len(pool.rows))
-    key = score_cache_key(_pool_digest(pool, True), Path(model_dir), None, spec, scorer.identity(), rows)
-    cached = cache_file(Path(spec.cache_dir or default_cache_dir()), key) if spec.cache else None
-    if cached is not None and cached.is_file():
-        log(f"scores ({scorer_name}) reused from the cache ({key})")
-        return np.load(cached)
-    desc = f"scoring ({scorer_name})"
-    values = np.asarray(
-        scorer.score(model, tokenizer, pool.rows, pool.fmt, max_length=spec.max_length, desc=desc), dtype=np.float64
-    )
-    if cached is not None:
-        save_npy(cached, values)
-    return values
-
-
 def array_sha256(emb: np.ndarray) -> str:
     """The embeddings' identity in the manifest: their float32 bytes, whatever file or cache they came from."""
     h = hashlib.sha256()
@@ -350,8 +197,9 @@ def select_pool(
         emb = load_embeddings_file(embeddings_file, pool.n_read)[np.asarray(pool.file_rows)]
     model = tokenizer = None
     if model_dir is not None and ((selector.needs_embeddings and emb is None) or scorer):
-        from .embedding import model_fingerprint
         from .models import all_cpu_threads, dtype_name, load_tokenizer
+        from .result_cache import model_fingerprint, pool_digest
+        from .select_model import embed_pool, embedding_spec, load_any_model, score_pool
 
         t = time.perf_counter()
         model, causal = load_any_model(model_dir, *(((spec.device, spec.dtype)) if spec else ()))
@@ -367,14 +215,15 @@ def select_pool(
             "dtype": dtype_name(spec.dtype, spec.device),
         }
         with all_cpu_threads():
+            pool_key = pool_digest(pool.sha256, pool.fmt, pool.file_rows)
             if selector.needs_embeddings and emb is None:
-                emb, key = embed_pool(pool, model, tokenizer, model_dir, causal, spec, log)
+                emb, key = embed_pool(pool.rows, pool.fmt, pool_key, model, tokenizer, model_dir, causal, spec, log)
             timings["embed_s"] = time.perf_counter() - t
             if scorer:
                 if not causal:
                     raise UserError(f"scorer '{scorer}' needs a causal language model; {model_dir} is an encoder")
                 t = time.perf_counter()
-                scores = score_pool(pool, scorer, model, tokenizer, model_dir, spec, log)
+                scores = score_pool(pool.rows, pool.fmt, pool_key, scorer, model, tokenizer, model_dir, spec, log)
                 timings["score_s"] = time.perf_counter() - t
     del model
     t = time.perf_counter()

@@ -179,7 +179,7 @@ def read_selector_state(paths: RunPaths, k: int) -> dict | None:
     state = {key: value for key, value in fields.items() if key != "npz"}
     if "npz" in fields:
         path = paths.selector_state(k)
-        if not path.is_file() or file_sha256(path) != fields["npz"]["sha256"]:
+        if not path.is_file() or file_sha256(path, reuse=False) != fields["npz"]["sha256"]:
             raise UserError(
                 f"{path} is missing or differs from what round {k}'s manifest recorded: the selector's state between"
                 " rounds is lost, so the run cannot continue exactly (--force starts over)"

@@ -140,7 +140,7 @@ class RoundStages:
     def _identity(self, k: int, base: bool = False) -> str:
         """What round k's embeddings are of (pool rows, base model, adapter weights, settings, dtype): the cache
         key, and the tag an interrupted embedding is continued under."""
-        from .embedding import embedding_cache_key, pool_digest
+        from .result_cache import embedding_cache_key, pool_digest
 
         pool = pool_digest(self.recipe.pool_sha256, self.sel.pool.format, self.file_rows)
         adapter = None if base else self.paths.adapter(k)
@@ -151,7 +151,7 @@ class RoundStages:
 
     @property
     def _cache_dir(self) -> Path:
-        from .embedding import default_cache_dir
+        from .result_cache import default_cache_dir
 
         return self.sel.embedding.cache_dir or default_cache_dir()
 
@@ -162,7 +162,7 @@ class RoundStages:
         return agreed(self._embed_from_cache, k, base)
 
     def _embed_from_cache(self, k: int, base: bool) -> bool:
-        from .embedding import cache_fetch
+        from .result_cache import cache_fetch
 
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if path.is_file():
@@ -174,7 +174,8 @@ class RoundStages:
         return False
 
     def embed(self, k: int, model, base: bool = False) -> np.ndarray:
-        from .embedding import cache_store, check_finite, embed_rows, pool_texts, progress_file
+        from .embedding import check_finite, embed_rows, pool_texts, progress_file
+        from .result_cache import cache_store
 
         path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
         if self.embed_from_cache(k, base):
@@ -212,7 +213,7 @@ class RoundStages:
         name = self.scorer_name
         if name is None:
             return None
-        from .embedding import cache_store
+        from .result_cache import cache_store
         from .scoring import get_scorer
         from .scoring.sharded import score_rows  # data-parallel under torchrun, a plain call otherwise
 
@@ -236,13 +237,13 @@ class RoundStages:
             desc=f"round {k}: scoring ({name}{', base model' if base else ''})",
         )
         on_rank0(save_npy, path, values)
-        if key:
+        if key and np.isfinite(values).all():  # a NaN is worth computing again, not keeping
             on_rank0(cache_store, self._cache_dir, key, path)
         return values
 
     def _score_key(self, k: int, base: bool, scorer, which: np.ndarray) -> str | None:
         """The score cache key (in the embedding cache's folder; `selection.embedding.cache` turns both off)."""
-        from .embedding import pool_digest, score_cache_key
+        from .result_cache import pool_digest, score_cache_key
 
         if not self.sel.embedding.cache:
             return None
@@ -252,7 +253,7 @@ class RoundStages:
         return score_cache_key(pool, Path(self.recipe.base_model), adapter, spec, scorer.identity(), which)
 
     def _scores_from_cache(self, key: str, path: Path) -> bool:
-        from .embedding import cache_fetch
+        from .result_cache import cache_fetch
 
         return cache_fetch(self._cache_dir, key, path)
 

@@ -179,8 +179,9 @@ def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
 def test_prompt_only_embedding_text_and_its_cache_key(tiny_model):
     from transformers import AutoTokenizer
 
-    from diverse_axolotl.embedding import embedding_cache_key, pool_texts
+    from diverse_axolotl.embedding import pool_texts
     from diverse_axolotl.recipe import EmbeddingSpec
+    from diverse_axolotl.result_cache import embedding_cache_key
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue, a very long answer " * 20}]
@@ -199,8 +200,8 @@ def test_shared_fs_changes_neither_the_recipe_hash_nor_the_cache_key(tiny_model)
     recipe keeps its hash, and either value names the same run and the same cached embeddings."""
     from pathlib import Path
 
-    from diverse_axolotl.embedding import embedding_cache_key
     from diverse_axolotl.recipe import EmbeddingSpec, Recipe
+    from diverse_axolotl.result_cache import embedding_cache_key
 
     def recipe(**embedding):
         selection = {"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2}
@@ -233,9 +234,9 @@ def test_the_embedding_cache_key_of_default_settings_is_the_one_written_before_t
     import hashlib
     import json
 
-    from diverse_axolotl.embedding import embedding_cache_key, model_fingerprint
     from diverse_axolotl.models import dtype_name
     from diverse_axolotl.recipe import EmbeddingSpec
+    from diverse_axolotl.result_cache import embedding_cache_key, model_fingerprint
 
     spec = EmbeddingSpec(pooling="last", layer=1, max_length=64, batch_tokens=99, shared_fs=False)
     payload = {"pool": "p", "model": model_fingerprint(tiny_model), "adapter": None, "pooling": "last", "layer": 1}

@@ -132,10 +132,10 @@ def test_an_interrupted_select_continues_its_pool_embedding(tmp_path, tiny_model
         result = CliRunner().invoke(main, [str(a) for a in [*args, "--model", tiny_model, "--out", out]])
         return result, out
 
-    from diverse_axolotl import oneshot
+    from diverse_axolotl import select_model
 
-    real_spec = oneshot.embedding_spec  # small batches (the default 16,384 tokens hold this whole pool)
-    monkeypatch.setattr(oneshot, "embedding_spec", lambda causal, spec=None: real_spec(causal, spec).model_copy(
+    real_spec = select_model.embedding_spec  # small batches (the default 16,384 tokens hold this whole pool)
+    monkeypatch.setattr(select_model, "embedding_spec", lambda causal, spec=None: real_spec(causal, spec).model_copy(
         update={"batch_tokens": 256}))
     whole, whole_out = select(tmp_path / "whole", None)
     assert whole.exit_code == 0, whole.output

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from test_loop_integration import write_recipe
 
 from diverse_axolotl.cli import main
-from diverse_axolotl.embedding import score_cache_key
 from diverse_axolotl.recipe import EmbeddingSpec
+from diverse_axolotl.result_cache import score_cache_key
 from diverse_axolotl.scoring import get_scorer
 from diverse_axolotl.selection import get_selector
 
@@ -56,8 +56,16 @@ def test_the_key_follows_what_changes_the_numbers_and_nothing_else(tmp_path, tin
     (adapter / "adapter_model.safetensors").write_bytes(b"one")
     first = key(get_scorer("ifd"), adapter=adapter)
     assert first != ifd
-    (adapter / "adapter_model.safetensors").write_bytes(b"two!")  # other weights: another entry
+    (adapter / "adapter_model.safetensors").write_bytes(b"two")  # other weights of the same size, same second
     assert key(get_scorer("ifd"), adapter=adapter) != first
+    # the tokenizer and chat template are part of what a row's tokens are
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    before = score_cache_key("p", model, None, spec, get_scorer("ifd").identity(), rows)
+    assert before == ifd  # a copy of the same folder: the same entry
+    config = model / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": "{{ messages }}"}))
+    assert score_cache_key("p", model, None, spec, get_scorer("ifd").identity(), rows) != before
     # a reward model's own weights are part of what its scores are
     reward = tmp_path / "reward"
     shutil.copytree(tiny_model, reward)

@@ -23,6 +23,8 @@ class Scorer:
 
     #: Parameters that say how the scores are computed, not what they are: left out of the score cache key.
     how_params: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "batch_size"})
+    #: Raised whenever the scorer's formula changes, so scores cached by an earlier release are not reused.
+    version: ClassVar[int] = 1
 
     def check_ready(self, recipe) -> None:
         """Fail at `validate` time when something the scorer needs is missing (files, models)."""
@@ -33,7 +35,8 @@ class Scorer:
         from ..hashing import without_neutral_defaults
 
         params = without_neutral_defaults(self.params, self.params.model_dump(mode="json"))
-        return {"name": self.name, **{k: v for k, v in params.items() if k not in self.how_params}}
+        what = {k: v for k, v in params.items() if k not in self.how_params}
+        return {"name": self.name, "version": self.version, **what}
 
     def score(
         self, model, tokenizer, rows: list[dict], fmt: str, max_length: int = 512, desc: str = "scoring"

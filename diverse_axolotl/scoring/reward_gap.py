@@ -38,7 +38,7 @@ class RewardGapScorer(Scorer):
             raise UserError(f"reward_model {folder} is not a model folder (no config.json)")
 
     def identity(self) -> dict:
-        from ..embedding import model_fingerprint
+        from ..result_cache import model_fingerprint
 
         return {**super().identity(), "reward_model": model_fingerprint(self.params.reward_model)}
 
