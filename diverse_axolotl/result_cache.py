@@ -103,14 +103,16 @@ def score_cache_key(
     )
 
 
-def default_cache_dir() -> Path:
+def cache_dir(spec) -> Path:
+    """The folder of the cached embeddings and scores: the embedding block's `cache_dir`, else
+    `cache.cache_root()/embeddings`."""
     from .cache import cache_root
 
-    return cache_root() / "embeddings"
+    return Path(spec.cache_dir) if spec.cache_dir else cache_root() / "embeddings"
 
 
 def cache_file(cache_dir: Path, key: str) -> Path:
-    """Where the cache keeps the embeddings of `key`."""
+    """Where the cache keeps the embeddings or scores of `key`."""
     return Path(cache_dir) / f"{key}.npy"
 
 

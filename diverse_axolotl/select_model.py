@@ -68,25 +68,25 @@ def embed_pool(
     so a `select` stopped mid-way (Ctrl-C, a killed job) continues from its last recorded batch when run again
     (`embedding.embed_token_ids`). A second process embedding the same key meanwhile writes its own pid-named file."""
     from .embedding import check_finite, embed_rows, pool_texts, progress_file
-    from .result_cache import cache_file, default_cache_dir, embedding_cache_key, try_lock
+    from .result_cache import cache_dir, cache_file, embedding_cache_key, try_lock
 
     kind = "causal" if causal else "encoder-l2"  # an encoder's rows are L2-normalised: never the same entry
     key = embedding_cache_key(f"{pool_key}:{kind}", Path(model_dir), None, spec) if spec.cache else None
-    cache_dir = Path(spec.cache_dir or default_cache_dir())
-    cached = cache_file(cache_dir, key) if key else None
+    folder = cache_dir(spec)
+    cached = cache_file(folder, key) if key else None
     if cached is not None and cached.is_file():
         log(f"embeddings reused from the cache ({key})")
         return np.load(cached, mmap_mode="r"), key
-    out, lock, lock_file = None, None, None
+    out, lock = None, None
+    lock_file = folder / f".{key}.lock"
     if cached is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = cache_dir / f".{key}.lock"
+        folder.mkdir(parents=True, exist_ok=True)
         lock = try_lock(lock_file)
         if lock is not None and cached.is_file():  # its holder finished while we looked
             os.close(lock)
             log(f"embeddings reused from the cache ({key})")
             return np.load(cached, mmap_mode="r"), key
-        out = cache_dir / (f".{key}.partial.npy" if lock is not None else f".{key}.{os.getpid()}.partial.npy")
+        out = folder / (f".{key}.partial.npy" if lock is not None else f".{key}.{os.getpid()}.partial.npy")
     try:
         emb = embed_rows(
             model,
@@ -112,7 +112,7 @@ def embed_pool(
         del emb
         out.replace(cached)
         progress_file(out).unlink(missing_ok=True)
-        if lock_file is not None and lock is not None:
+        if lock is not None:
             lock_file.unlink(missing_ok=True)  # while held: a process that opened it retries (`try_lock`)
     finally:
         if lock is None and out is not None and out.exists():
@@ -128,13 +128,13 @@ def score_pool(
     """Every row's score by the named scorer (default parameters): from the cache when this pool, model, tokenizer
     and scorer were scored before (the loop's entry when the rows and settings are the same), else computed and
     stored there (only finite scores are kept)."""
-    from .result_cache import cache_file, default_cache_dir, score_cache_key
+    from .result_cache import cache_dir, cache_file, score_cache_key
     from .scoring import get_scorer
 
     scorer = get_scorer(scorer_name)
     which = np.arange(len(rows))
     key = score_cache_key(pool_key, Path(model_dir), None, spec, scorer.identity(), which)
-    cached = cache_file(Path(spec.cache_dir or default_cache_dir()), key) if spec.cache else None
+    cached = cache_file(cache_dir(spec), key) if spec.cache else None
     if cached is not None and cached.is_file():
         log(f"scores ({scorer_name}) reused from the cache ({key})")
         return np.load(cached)

@@ -151,9 +151,9 @@ class RoundStages:
 
     @property
     def _cache_dir(self) -> Path:
-        from .result_cache import default_cache_dir
+        from .result_cache import cache_dir
 
-        return self.sel.embedding.cache_dir or default_cache_dir()
+        return cache_dir(self.sel.embedding)
 
     def embed_from_cache(self, k: int, base: bool = False) -> bool:
         """Copy (hard-link) cached embeddings of this exact pool + model + adapter into the round, if any.

@@ -58,6 +58,25 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model, pool_file
     assert leftovers == []
 
 
+def stoppable_embedding(monkeypatch) -> dict:
+    """Pool embedding that records its batches after each one and counts its forward passes; set `stop_after` in
+    the returned dict to raise KeyboardInterrupt inside batch stop_after + 1, before its rows are written."""
+    from diverse_axolotl import embedding
+
+    monkeypatch.setattr(embedding, "CHECKPOINT_S", 0.0)  # a record after every batch
+    real_pool_hidden = embedding.pool_hidden
+    forwards = {"n": 0, "stop_after": None}
+
+    def counted(*args, **kwargs):
+        forwards["n"] += 1
+        if forwards["stop_after"] is not None and forwards["n"] > forwards["stop_after"]:
+            raise KeyboardInterrupt
+        return real_pool_hidden(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "pool_hidden", counted)
+    return forwards
+
+
 def test_an_interrupted_embedding_continues_after_its_last_recorded_batch(tmp_path, tiny_model, monkeypatch):
     """A file left by an embedding stopped mid-way is continued under the same tag: only the batches it did not
     record run again, and the rows equal an uninterrupted embedding's; under another tag it starts over."""
@@ -72,17 +91,7 @@ def test_an_interrupted_embedding_continues_after_its_last_recorded_batch(tmp_pa
     n_batches = len(token_budget_batches([len(t) for t in ids], 64))
     assert n_batches > 6
 
-    monkeypatch.setattr(embedding, "CHECKPOINT_S", 0.0)  # a record after every batch
-    real_pool_hidden = embedding.pool_hidden
-    forwards = {"n": 0, "stop_after": None}
-
-    def counted(*args, **kwargs):
-        forwards["n"] += 1
-        if forwards["stop_after"] is not None and forwards["n"] > forwards["stop_after"]:
-            raise KeyboardInterrupt  # stopped inside batch stop_after + 1, before its rows were written
-        return real_pool_hidden(*args, **kwargs)
-
-    monkeypatch.setattr(embedding, "pool_hidden", counted)
+    forwards = stoppable_embedding(monkeypatch)
     out = tmp_path / ".embeddings.partial.npy"
 
     def attempt(tag: str, stop_after: int | None):
@@ -109,20 +118,10 @@ def test_an_interrupted_select_continues_its_pool_embedding(tmp_path, tiny_model
     embeds only the rest, picks what an uninterrupted run picks, and leaves no partial file, record or lock."""
     from click.testing import CliRunner
 
-    from diverse_axolotl import embedding
+    from diverse_axolotl import select_model
     from diverse_axolotl.cli import main
 
-    monkeypatch.setattr(embedding, "CHECKPOINT_S", 0.0)
-    real_pool_hidden = embedding.pool_hidden
-    forwards = {"n": 0, "stop_after": None}
-
-    def counted(*args, **kwargs):
-        forwards["n"] += 1
-        if forwards["stop_after"] is not None and forwards["n"] > forwards["stop_after"]:
-            raise KeyboardInterrupt
-        return real_pool_hidden(*args, **kwargs)
-
-    monkeypatch.setattr(embedding, "pool_hidden", counted)
+    forwards = stoppable_embedding(monkeypatch)
 
     def select(cache: Path, stop_after: int | None):
         monkeypatch.setenv("DIVERSE_AXOLOTL_CACHE", str(cache))
@@ -131,8 +130,6 @@ def test_an_interrupted_select_continues_its_pool_embedding(tmp_path, tiny_model
         args = ["select", pool_file, "--selector", "kcenter", "--param", "device=cpu", "--budget", "6"]
         result = CliRunner().invoke(main, [str(a) for a in [*args, "--model", tiny_model, "--out", out]])
         return result, out
-
-    from diverse_axolotl import select_model
 
     real_spec = select_model.embedding_spec  # small batches (the default 16,384 tokens hold this whole pool)
     monkeypatch.setattr(select_model, "embedding_spec", lambda causal, spec=None: real_spec(causal, spec).model_copy(
