@@ -277,3 +277,31 @@ def test_each_runs_training_precision_is_read_and_reported_when_runs_differ(tmp_
     md = "\n".join(_precision_section(records))
     assert "| bf16 | a r0 |" in md and "| fp32 | b r0 |" in md
     assert _precision_section(records[:1]) == []  # one precision for every run: nothing to say
+
+
+def test_pack_carries_results_and_selector_state_but_not_what_is_rebuilt(tmp_path):
+    """An unpacked work folder must let an iterative run continue: its selector state travels, adapters,
+    embeddings and training files (rebuilt from the manifests) do not."""
+    import tarfile
+
+    from bench.quality.benchmark import pack
+
+    work = tmp_path / "work"
+    files = {
+        "runs/a/round_1/manifest.json": True,
+        "runs/a/round_1/eval.json": True,
+        "runs/a/round_1/selector_state.npz": True,
+        "logs/a.log": True,
+        "runs/a/round_1/embeddings.npy": False,
+        "runs/a/round_1/scores.npy": False,
+        "runs/a/round_1/train.jsonl": False,
+        "runs/a/round_1/adapter/adapter_config.json": False,
+        "runs/a/round_1/other.npz": False,
+    }
+    for rel in files:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_bytes(b"x")
+    pack(work, tmp_path / "work.tar.gz")
+    with tarfile.open(tmp_path / "work.tar.gz") as tar:
+        packed = set(tar.getnames())
+    assert packed == {rel for rel, kept in files.items() if kept}

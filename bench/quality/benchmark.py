@@ -230,7 +230,9 @@ def prepare_inputs(cfg: QualityConfig, work: Path) -> tuple[Path, Path]:
 def pack(work: Path, target: Path) -> None:
     """The work folder's small files (json, yaml, logs; no adapters, embeddings, training files or the pool, which
     is rebuilt identically), as a .tar.gz to unpack into the same work folder elsewhere:
-    `tar xzf FILE -C <work>` then `--report-only`."""
+    `tar xzf FILE -C <work>` then `--report-only`. A selector's state between rounds (`selector_state.npz`, one
+    int per pool row) goes too: unlike an adapter it cannot be rebuilt, and without it an unpacked iterative run
+    cannot continue (the loop refuses)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(target, "w:gz") as tar:
@@ -238,7 +240,7 @@ def pack(work: Path, target: Path) -> None:
             rel = path.relative_to(work)
             if (
                 path.is_file()
-                and path.suffix in SMALL_SUFFIXES
+                and (path.suffix in SMALL_SUFFIXES or path.name == "selector_state.npz")
                 and rel.parts[0] not in ("tiny_model", "data")
                 and not any(part.startswith("adapter") or part == "prepared" for part in rel.parts)
                 and path.name != "train.jsonl"
