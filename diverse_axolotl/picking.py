@@ -60,7 +60,7 @@ class RoundPicker:
         n = len(st.rows)
         wants_scores = st.scorer_name is not None and sel.scores in ("required", "optional")
         need_model = (sel.needs_embeddings and not st.embed_from_cache(0, base=True)) or (
-            wants_scores and not agreed(self.paths.base_scores().is_file)
+            wants_scores and not st.scores_ready(0, np.arange(n), base=True)
         )
         model = st.model(None) if need_model else None
         self.paths.round_dir(0).mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ class RoundPicker:
         timings = {}
         embeds = st.embeds(k)
         need_model = embeds or st.scorer_name is not None
-        model = st.model(k) if need_model and not st.stage_outputs_exist(k) else None
+        model = st.model(k) if need_model and not st.stage_outputs_exist(k, selected) else None
         t = time.perf_counter()
         with all_cpu_threads():
             emb = st.embed(k, model) if embeds else None

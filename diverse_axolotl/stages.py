@@ -214,18 +214,13 @@ class RoundStages:
         if name is None:
             return None
         from .result_cache import cache_store
-        from .scoring import get_scorer
         from .scoring.sharded import score_rows  # data-parallel under torchrun, a plain call otherwise
 
         path = self.paths.base_scores() if base else self.paths.scores(k)
-        if agreed(path.is_file):
+        if self.scores_ready(k, selected, base):
             return np.load(path)
-        scorer = self.sel.scorer.build() if self.sel.scorer else get_scorer(name)
-        which = selected if self.selector.scores == "selected" else np.arange(len(self.rows))
+        scorer, which = self._scorer(), self._scored_rows(selected)
         key = self._score_key(k, base, scorer, which)
-        if key and agreed(self._scores_from_cache, key, path):
-            self.log(f"round {k}: {'base model ' if base else ''}scores ({name}) reused from the cache ({key})")
-            return np.load(path)
         values = np.zeros(len(self.rows), dtype=np.float64)
         values[which] = score_rows(
             scorer,
@@ -240,6 +235,30 @@ class RoundStages:
         if key and np.isfinite(values).all():  # a NaN is worth computing again, not keeping
             on_rank0(cache_store, self._cache_dir, key, path)
         return values
+
+    def scores_ready(self, k: int, selected: np.ndarray, base: bool = False) -> bool:
+        """Round k's scores are in the round folder, or now hard-linked there from the cache: no model is needed
+        for them (and none is loaded when the embeddings are ready too). True when the recipe has no scorer."""
+        if self.scorer_name is None:
+            return True
+        path = self.paths.base_scores() if base else self.paths.scores(k)
+        if agreed(path.is_file):
+            return True
+        key = self._score_key(k, base, self._scorer(), self._scored_rows(selected))
+        if key and agreed(self._scores_from_cache, key, path):
+            label = "base model " if base else ""
+            self.log(f"round {k}: {label}scores ({self.scorer_name}) reused from the cache ({key})")
+            return True
+        return False
+
+    def _scorer(self):
+        from .scoring import get_scorer
+
+        return self.sel.scorer.build() if self.sel.scorer else get_scorer(self.scorer_name)
+
+    def _scored_rows(self, selected: np.ndarray) -> np.ndarray:
+        """The rows a selector reads scores of: the trained ones, or every pool row."""
+        return selected if self.selector.scores == "selected" else np.arange(len(self.rows))
 
     def _score_key(self, k: int, base: bool, scorer, which: np.ndarray) -> str | None:
         """The score cache key (in the embedding cache's folder; `selection.embedding.cache` turns both off)."""
@@ -266,17 +285,17 @@ class RoundStages:
             return True
         return self.selector.needs_embeddings_given(read_selector_state(self.paths, k))
 
-    def stage_outputs_exist(self, k: int) -> bool:
+    def stage_outputs_exist(self, k: int, selected: np.ndarray) -> bool:
         """Round k's embeddings and scores (those the selector uses) are in the round folder or the cache."""
         has_emb = not self.embeds(k) or self.embed_from_cache(k)
-        return has_emb and (self.scorer_name is None or agreed(self.paths.scores(k).is_file))
+        return has_emb and self.scores_ready(k, selected)
 
     def restore_stage_outputs(self, k: int) -> None:
         """Embeddings or scores lost after the next round was selected are recomputed from round k's adapter,
         without selecting again (the next round's picks stay as they are)."""
-        if self.stage_outputs_exist(k):
-            return
         selected, _ = read_manifest(self.paths, k)
+        if self.stage_outputs_exist(k, selected):
+            return
         model = self.model(k)
         with all_cpu_threads():
             if self.embeds(k):

@@ -127,3 +127,48 @@ def test_a_second_recipe_reads_the_base_scores_of_the_first(tmp_path, tiny_model
     assert result.exit_code == 0, result.output
     assert calls == ["ifd", "ifd"]
     np.testing.assert_allclose(np.load(folder / "run" / "round_0" / "base_scores.npy"), runs["deita"][1], rtol=1e-6)
+
+
+def test_the_loop_takes_a_rounds_scores_from_the_cache_without_loading_a_model(
+    tmp_path, tiny_model, pool_file, monkeypatch
+):
+    """After round 0 (the same rows, the same adapter bytes), a run of another recipe on the same scorer reads
+    the first run's scores and embeddings from the cache: nothing is scored again and no model is loaded."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from diverse_axolotl.loop import Loop
+    from diverse_axolotl.recipe import load_recipe
+    from diverse_axolotl.stages import RoundStages
+
+    calls = count_scoring(monkeypatch)
+    loads: list[int | None] = []
+    real_model = RoundStages.model
+
+    def counting_model(self, k):
+        loads.append(k)
+        return real_model(self, k)
+
+    monkeypatch.setattr(RoundStages, "model", counting_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")  # stands in for Axolotl's round-0 training, identical in both runs
+    said: dict[str, list[str]] = {}
+    for name, selector in {"first": {"name": "qdit"}, "second": {"name": "qdit", "alpha": 0.9}}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        blocks = {"rounds": 1, "seed_size": 6, "per_round": 4, "selector": selector}
+        recipe = write_recipe(folder, tiny_model, pool_file, {**blocks, "scorer": {"name": "ifd"}})
+        said[name] = []
+        loop = Loop(load_recipe(recipe), log=said[name].append)
+        loop.prepare()
+        loop.picker.seed_round()
+        shutil.copytree(tmp_path / "adapter", loop.paths.adapter(0))
+        loop.picker.select_next(0)
+    assert calls == ["ifd"], "the second run scored the pool again"
+    assert loads == [0], "the second run loaded a model though its embeddings and scores were cached"
+    assert any("round 0: scores (ifd) reused from the cache" in line for line in said["second"])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "second" / "run" / "round_0" / "scores.npy"),
+        np.load(tmp_path / "first" / "run" / "round_0" / "scores.npy"),
+    )
