@@ -144,8 +144,8 @@ def test_every_problem_of_a_selector_block_is_named_at_once(tmp_path, tiny_model
 )
 def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
     """Parameters marked hash-neutral (k-center's normalize/outlier_*, embedding.text) enter the hash only when
-    set to something other than their neutral value (the default, or for normalize the default it had before):
-    run folders of earlier versions still match their recipes."""
+    set to something other than their neutral value (the default, or for normalize and outlier_fraction the
+    default they had before): run folders of earlier versions still match their recipes."""
     from pathlib import Path
 
     from diverse_axolotl.recipe import Recipe
@@ -162,12 +162,13 @@ def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
             selection=selection,
         )
 
-    plain = {"normalize": False}  # k-center's default until issue 17 flipped it to cosine
+    plain = {"normalize": False, "outlier_fraction": 0.0}  # k-center's default until issue 17 turned both levers on
     assert recipe(selector=plain).hash == expected
     assert recipe(selector=plain, embedding={"text": "prompt_response"}).hash == expected
     assert "normalize" in recipe().resolved()["selection"]["selector"]  # run.json still records every parameter
-    # a recipe that leaves normalize out now means cosine k-center: a different run from the folders made before
-    assert recipe().hash == recipe(selector={"normalize": True}).hash != expected
+    # a recipe that leaves the levers out now means cosine k-center with outliers: a different run from before
+    assert recipe().hash == recipe(selector={"normalize": True, "outlier_fraction": 0.05}).hash != expected
+    assert recipe(selector={"normalize": True, "outlier_fraction": 0.0}).hash not in {recipe().hash, expected}
     changed = {
         recipe(selector={"normalize": True}).hash,
         recipe(selector={**plain, "outlier_fraction": 0.05}).hash,
@@ -205,7 +206,7 @@ def test_shared_fs_changes_neither_the_recipe_hash_nor_the_cache_key(tiny_model)
 
     def recipe(**embedding):
         selection = {"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2}
-        selection.update(selector={"name": "kcenter", "normalize": False}, embedding=embedding)
+        selection.update(selector={"name": "kcenter", "normalize": False, "outlier_fraction": 0.0}, embedding=embedding)
         return Recipe(
             path=Path("/recipes/recipe.yaml"),
             output_dir=Path("/runs/run"),

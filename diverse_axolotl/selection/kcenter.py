@@ -13,15 +13,15 @@ farthest-first and bfloat16 storage stays close to them. After centring, the row
 the row with the largest norm.
 
 Two levers against k-center's known weakness, hunting outliers (in a pilot, 22-29% of its picks were the pool's
-longest rows):
-- `normalize` (on by default; `normalize: false` is the paper's Euclidean k-center): after centring, rows are scaled
-  to unit length (cosine k-center): a row's length no longer makes it far. The first pick is then the row farthest
-  from the mean of the normalised rows. The default follows issue 17's rule: on the benchmark's validation split
-  (bench/quality/results_cpu, never its held-out sets) cosine k-center beat plain k-center by more than random's
-  spread across seeds.
-- `outlier_fraction` (off by default): k-center with outliers, in the spirit of Charikar et al. (2001): the most
-  isolated fraction of rows, by the distance to their `outlier_neighbours`-th nearest row of a seeded reference
-  sample of at most 4,096 rows, is never picked. The cost is O(N x sample x d), chunked; one process only.
+longest rows). Both are on by default; `normalize: false, outlier_fraction: 0` is the paper's Euclidean k-center.
+The defaults follow issue 17's rule: on the benchmark's validation split (bench/quality/results_cpu, never its
+held-out sets) each beat what was the default before it by more than random's spread across seeds.
+- `normalize`: after centring, rows are scaled to unit length (cosine k-center): a row's length no longer makes it
+  far. The first pick is then the row farthest from the mean of the normalised rows.
+- `outlier_fraction` (0.05): k-center with outliers, in the spirit of Charikar et al. (2001): the most isolated
+  fraction of rows, by the distance to their `outlier_neighbours`-th nearest row of a seeded reference sample of at
+  most 4,096 rows, is never picked (never so many that the budget cannot be met). The cost is O(N x sample x d),
+  chunked; under torch.distributed each rank scores whole blocks of the same grid and one all-gather shares them.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ class KCenterParams(BaseModel):
         json_schema_extra=hash_neutral_at(False),  # the default until issue 17: recipes saying false keep their hash
     )
     outlier_fraction: float = Field(
-        0.0,
+        0.05,
         ge=0.0,
         lt=1.0,
-        description="never pick this fraction of the most isolated rows (k-center with outliers)",
-        json_schema_extra=HASH_NEUTRAL,
+        description="never pick this fraction of the most isolated rows (k-center with outliers); 0: off",
+        json_schema_extra=hash_neutral_at(0.0),  # off until issue 17's validation: recipes saying 0 keep their hash
     )
     outlier_neighbours: int = Field(
         10,
@@ -86,9 +86,23 @@ def project(emb: np.ndarray, dim: int, how: str, seed: int) -> np.ndarray:
     return out
 
 
-def isolation(emb, neighbours: int, seed: int, normalize: bool = False, sample_rows: int = 4096) -> np.ndarray:
+def isolation_block_rows(n: int, sample_rows: int = 4096) -> int:
+    """Rows per block of `isolation`: a float64 block x sample distance matrix of about 32 MB."""
+    return max(1, (1 << 22) // max(min(n, sample_rows), 1))
+
+
+def isolation(
+    emb,
+    neighbours: int,
+    seed: int,
+    normalize: bool = False,
+    sample_rows: int = 4096,
+    rows: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Each row's distance (float64) to its `neighbours`-th nearest row among a seeded sample of at most
-    `sample_rows` rows (itself left out), after the same centring and normalising k-center applies."""
+    `sample_rows` rows (itself left out), after the same centring and normalising k-center applies. `rows`
+    (start, stop), with start on the `isolation_block_rows` grid: score only those rows, the same bits as the whole
+    pool's scores there (the sample and the centre are still the whole pool's), so ranks can split the work."""
     n = len(emb)
     center = column_sum_f64(emb) / n
 
@@ -104,24 +118,29 @@ def isolation(emb, neighbours: int, seed: int, normalize: bool = False, sample_r
     ref = prep(emb[ref_ids])
     ref_sq = (ref**2).sum(1)
     k = min(neighbours, len(ref_ids) - 1)
-    out = np.empty(n, dtype=np.float64)
-    step = max(1, (1 << 22) // max(len(ref_ids), 1))
-    for s in range(0, n, step):
-        block = prep(emb[s : s + step])
+    start, stop = rows if rows is not None else (0, n)
+    out = np.empty(stop - start, dtype=np.float64)
+    step = isolation_block_rows(n, sample_rows)
+    for s in range(start, stop, step):
+        block = prep(emb[s : min(s + step, stop)])
         d2 = np.maximum((block**2).sum(1)[:, None] - 2 * block @ ref.T + ref_sq[None, :], 0.0)
-        rows = np.arange(s, s + len(block))
-        hit = np.searchsorted(ref_ids, rows)
-        is_ref = (hit < len(ref_ids)) & (ref_ids[np.minimum(hit, len(ref_ids) - 1)] == rows)
+        ids = np.arange(s, s + len(block))
+        hit = np.searchsorted(ref_ids, ids)
+        is_ref = (hit < len(ref_ids)) & (ref_ids[np.minimum(hit, len(ref_ids) - 1)] == ids)
         d2[np.nonzero(is_ref)[0], hit[is_ref]] = np.inf  # a row is not its own neighbour
-        out[s : s + len(block)] = np.sqrt(np.partition(d2, k - 1, axis=1)[:, k - 1]) if k > 0 else 0.0
+        out[s - start : s - start + len(block)] = np.sqrt(np.partition(d2, k - 1, axis=1)[:, k - 1]) if k > 0 else 0.0
     return out
 
 
-def most_isolated(emb, fraction: float, neighbours: int, already_selected, seed: int, normalize: bool) -> np.ndarray:
-    """Ids of the `fraction` most isolated rows not already selected, most isolated first (ties: lowest id)."""
-    score = isolation(emb, neighbours, seed, normalize)
-    score[np.asarray(already_selected, dtype=np.int64)] = -np.inf
-    count = int(np.floor(fraction * len(emb)))
+def outliers_to_skip(score: np.ndarray, fraction: float, already_selected, budget: int | None = None) -> np.ndarray:
+    """Ids of the `fraction` most isolated rows (by `score`) not already selected, most isolated first (ties: lowest
+    id); with `budget`, no more than leaves `budget` rows to pick."""
+    score = np.array(score, dtype=np.float64)
+    already = np.asarray(already_selected, dtype=np.int64)
+    score[already] = -np.inf
+    count = int(np.floor(fraction * len(score)))
+    if budget is not None:
+        count = min(count, max(0, len(score) - len(already) - budget))
     order = np.lexsort((np.arange(len(score)), -score))
     return order[:count].astype(np.int64)
 
@@ -254,8 +273,10 @@ def farthest_first_distributed(
     chunk_rows: int = 262144,
     group=None,
     normalize: bool = False,
+    never_pick: np.ndarray | None = None,
 ) -> np.ndarray:
     """k-center with the pool split across the ranks of a torch.distributed group (rows [offset, offset + len)).
+    `never_pick` (global ids, the same on every rank): as in `farthest_first`.
 
     Every rank returns the same picks, equal to `farthest_first` on the whole pool: the rows are centred by the
     global mean (one all-reduce of the float64 column sums). Per pick: one all-gather of each rank's (max
@@ -269,6 +290,7 @@ def farthest_first_distributed(
         shard_emb, offset, device, dtype, chunk_rows, center=total.cpu().numpy() / n_total, normalize=normalize
     )
     world = dist.get_world_size(group)
+    never = torch.as_tensor(never_pick, device=device) if never_pick is not None and len(never_pick) else None
 
     def share_rows(ids: torch.Tensor) -> torch.Tensor:
         vectors = shard.rows(ids)
@@ -297,8 +319,12 @@ def farthest_first_distributed(
             dist.all_reduce(mean, group=group)
             mean /= n_total
         shard.absorb(mean.float()[None, :])
+        if never is not None:
+            shard.exclude(never)
         first = global_best()
         shard.min_dist.fill_(float("inf"))
+    if never is not None:
+        shard.exclude(never)
     picks = []
     for i in range(budget):
         pick = first if (i == 0 and first is not None) else global_best()
@@ -326,7 +352,7 @@ class KCenterSelector(Selector):
         emb = project(embeddings, p.project_dim, p.projection, seed) if p.project_dim else embeddings
         never = None
         if p.outlier_fraction > 0:
-            never = most_isolated(emb, p.outlier_fraction, p.outlier_neighbours, already_selected, seed, p.normalize)
-            never = never[: max(0, len(emb) - len(already_selected) - budget)]  # the budget can always be met
+            score = isolation(emb, p.outlier_neighbours, seed, p.normalize)
+            never = outliers_to_skip(score, p.outlier_fraction, already_selected, budget)
             self.last_info = {"outliers_skipped": int(len(never))}
         return farthest_first(emb, budget, already_selected, device, dtype, p.chunk_rows, p.normalize, never)

@@ -1,8 +1,9 @@
 """A selector's picks under torch.distributed: the same rows on every rank, computed once.
 
 k-center runs sharded (`kcenter.farthest_first_distributed`: each rank holds a contiguous block of the pool, no
-rank the whole matrix). Every other selector, and k-center with a projection or an outlier sample (which need the
-whole matrix), runs on rank 0 and the picks, the selector's state and its info are broadcast. While rank 0 runs
+rank the whole matrix; with outliers on, each rank scores the isolation of whole blocks of rows and one all-gather
+shares the scores). Every other selector, and k-center with a projection (which needs the whole matrix), runs on
+rank 0 and the picks, the selector's state and its info are broadcast. While rank 0 runs
 it, the other ranks serve k-means assignments (`ShardedAssigner`): the k-means selectors train on rank 0, on
 their sample of rows, and every rank assigns its own chunks of rows to the broadcast centroids; rank 0 gathers the
 assignment (int32 per row) and goes on with quotas and sampling. This needs the embeddings readable on every rank
@@ -20,7 +21,7 @@ from .kmeans import ASSIGNER, assign_chunks, n_chunks
 
 def _kcenter_shardable(selector) -> bool:
     p = getattr(selector, "params", None)
-    return selector.name == "kcenter" and p is not None and not p.project_dim and not getattr(p, "outlier_fraction", 0)
+    return selector.name == "kcenter" and p is not None and not p.project_dim
 
 
 def select_across_ranks(selector, emb, budget: int, already_selected, scores, seed: int, state, n_rows: int):
@@ -82,7 +83,7 @@ def _kcenter(selector, emb, budget: int, already_selected, seed: int) -> np.ndar
 
     from ..embedding import contiguous_block
     from ..models import resolve_device
-    from .kcenter import farthest_first_distributed
+    from .kcenter import farthest_first_distributed, isolation, isolation_block_rows, outliers_to_skip
 
     p = selector.params
     n = len(emb)
@@ -97,10 +98,27 @@ def _kcenter(selector, emb, budget: int, already_selected, seed: int) -> np.ndar
     dtype = (
         torch.bfloat16 if (p.dtype == "bfloat16" or (p.dtype == "auto" and device.type == "cuda")) else torch.float32
     )
+    never = None
+    if p.outlier_fraction > 0:  # each rank scores whole blocks of isolation's grid: the one-process bits
+        step = isolation_block_rows(n)
+        bounds = distributed.contiguous_bounds(-(-n // step), distributed.world_size()) * step
+        lo, hi = (min(int(b), n) for b in bounds[distributed.rank() : distributed.rank() + 2])
+        mine = isolation(emb, p.outlier_neighbours, seed, p.normalize, rows=(lo, hi))
+        score = np.concatenate(distributed.all_gather_object(mine))
+        never = outliers_to_skip(score, p.outlier_fraction, chosen, budget)
+        selector.last_info["outliers_skipped"] = int(len(never))
     block, offset = contiguous_block(emb, n)
-    kwargs = {"normalize": True} if getattr(p, "normalize", False) else {}
     return farthest_first_distributed(
-        block, offset, n, budget, np.asarray(chosen, dtype=np.int64), device, dtype, p.chunk_rows, **kwargs
+        block,
+        offset,
+        n,
+        budget,
+        np.asarray(chosen, dtype=np.int64),
+        device,
+        dtype,
+        p.chunk_rows,
+        normalize=p.normalize,
+        never_pick=never,
     )
 
 
