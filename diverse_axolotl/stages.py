@@ -164,7 +164,7 @@ class RoundStages:
     def _embed_from_cache(self, k: int, base: bool) -> bool:
         from .result_cache import cache_fetch
 
-        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
+        path = self._embeddings_path(k, base)
         if path.is_file():
             return True
         key = self._cache_key(k, base)
@@ -177,7 +177,7 @@ class RoundStages:
         from .embedding import check_finite, embed_rows, pool_texts, progress_file
         from .result_cache import cache_store
 
-        path = self.paths.base_embeddings() if base else self.paths.embeddings(k)
+        path = self._embeddings_path(k, base)
         if self.embed_from_cache(k, base):
             return np.load(path, mmap_mode="r")
         texts = pool_texts(self.rows, self.sel.pool.format, self.tokenizer, self.sel.embedding.text)
@@ -216,11 +216,12 @@ class RoundStages:
         from .result_cache import cache_store
         from .scoring.sharded import score_rows  # data-parallel under torchrun, a plain call otherwise
 
-        path = self.paths.base_scores() if base else self.paths.scores(k)
-        if self.scores_ready(k, selected, base):
+        path = self._scores_path(k, base)
+        if agreed(path.is_file):
             return np.load(path)
-        scorer, which = self._scorer(), self._scored_rows(selected)
-        key = self._score_key(k, base, scorer, which)
+        scorer, which, key = self._score_plan(k, selected, base)
+        if self._scores_from_cache(k, base, key, path):
+            return np.load(path)
         values = np.zeros(len(self.rows), dtype=np.float64)
         values[which] = score_rows(
             scorer,
@@ -241,15 +242,31 @@ class RoundStages:
         for them (and none is loaded when the embeddings are ready too). True when the recipe has no scorer."""
         if self.scorer_name is None:
             return True
-        path = self.paths.base_scores() if base else self.paths.scores(k)
+        path = self._scores_path(k, base)
         if agreed(path.is_file):
             return True
-        key = self._score_key(k, base, self._scorer(), self._scored_rows(selected))
-        if key and agreed(self._scores_from_cache, key, path):
-            label = "base model " if base else ""
-            self.log(f"round {k}: {label}scores ({self.scorer_name}) reused from the cache ({key})")
-            return True
-        return False
+        return self._scores_from_cache(k, base, self._score_plan(k, selected, base)[2], path)
+
+    def _scores_path(self, k: int, base: bool) -> Path:
+        return self.paths.base_scores() if base else self.paths.scores(k)
+
+    def _embeddings_path(self, k: int, base: bool) -> Path:
+        return self.paths.base_embeddings() if base else self.paths.embeddings(k)
+
+    def _score_plan(self, k: int, selected: np.ndarray, base: bool) -> tuple[Any, np.ndarray, str | None]:
+        """The scorer, the rows it scores and their cache key (needs round k's adapter unless `base`)."""
+        scorer, which = self._scorer(), self._scored_rows(selected)
+        return scorer, which, self._score_key(k, base, scorer, which)
+
+    def _scores_from_cache(self, k: int, base: bool, key: str | None, path: Path) -> bool:
+        """Hard-link cached scores of `key` to `path` (rank 0 looks and links; every rank gets its answer)."""
+        from .result_cache import cache_fetch
+
+        if not key or not agreed(cache_fetch, self._cache_dir, key, path):
+            return False
+        label = "base model " if base else ""
+        self.log(f"round {k}: {label}scores ({self.scorer_name}) reused from the cache ({key})")
+        return True
 
     def _scorer(self):
         from .scoring import get_scorer
@@ -270,11 +287,6 @@ class RoundStages:
         adapter = None if base else self.paths.adapter(k)
         spec = self.sel.embedding
         return score_cache_key(pool, Path(self.recipe.base_model), adapter, spec, scorer.identity(), which)
-
-    def _scores_from_cache(self, key: str, path: Path) -> bool:
-        from .result_cache import cache_fetch
-
-        return cache_fetch(self._cache_dir, key, path)
 
     def embeds(self, k: int) -> bool:
         """Whether the selection after round k reads the pool's embeddings with round k's adapter: the selector
