@@ -41,7 +41,8 @@ def normalise(emb, device: torch.device, chunk: int = 65536) -> torch.Tensor:
     then 1. Dot products are cosines, with zero rows at cosine 1 to each other and 0 to non-zero rows."""
     out = torch.zeros((len(emb), emb.shape[1] + 1), dtype=torch.float32, device=device)
     for s in range(0, len(emb), chunk):
-        block = torch.as_tensor(np.asarray(emb[s : s + chunk], dtype=np.float32)).to(device)
+        # a copy (np.array): emb may be a read-only memmap, which torch warns about
+        block = torch.from_numpy(np.array(emb[s : s + chunk], dtype=np.float32)).to(device)
         norm = block.norm(dim=1, keepdim=True)
         out[s : s + chunk, :-1] = block / torch.where(norm > 0, norm, torch.ones_like(norm))
         out[s : s + chunk, -1] = (norm[:, 0] == 0).float()
