@@ -145,6 +145,11 @@ def outliers_to_skip(score: np.ndarray, fraction: float, already_selected, budge
     return order[:count].astype(np.int64)
 
 
+def storage_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The embeddings' dtype on the device: `auto` is bfloat16 on cuda (bandwidth), float32 elsewhere."""
+    return torch.bfloat16 if name == "bfloat16" or (name == "auto" and device.type == "cuda") else torch.float32
+
+
 def float64_block_rows(d: int) -> int:
     """Rows per float64 temporary block: about 128 MB whatever the width."""
     return max(1, (1 << 24) // max(d, 1))
@@ -344,11 +349,7 @@ class KCenterSelector(Selector):
     def _select(self, embeddings, budget, already_selected, scores, seed):
         p = self.params
         device = resolve_device(p.device)
-        dtype = (
-            torch.bfloat16
-            if (p.dtype == "bfloat16" or (p.dtype == "auto" and device.type == "cuda"))
-            else torch.float32
-        )
+        dtype = storage_dtype(p.dtype, device)
         emb = project(embeddings, p.project_dim, p.projection, seed) if p.project_dim else embeddings
         never = None
         if p.outlier_fraction > 0:

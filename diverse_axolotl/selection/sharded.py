@@ -83,7 +83,13 @@ def _kcenter(selector, emb, budget: int, already_selected, seed: int) -> np.ndar
 
     from ..embedding import contiguous_block
     from ..models import resolve_device
-    from .kcenter import farthest_first_distributed, isolation, isolation_block_rows, outliers_to_skip
+    from .kcenter import (
+        farthest_first_distributed,
+        isolation,
+        isolation_block_rows,
+        outliers_to_skip,
+        storage_dtype,
+    )
 
     p = selector.params
     n = len(emb)
@@ -95,9 +101,7 @@ def _kcenter(selector, emb, budget: int, already_selected, seed: int) -> np.ndar
     device = resolve_device(p.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    dtype = (
-        torch.bfloat16 if (p.dtype == "bfloat16" or (p.dtype == "auto" and device.type == "cuda")) else torch.float32
-    )
+    dtype = storage_dtype(p.dtype, device)
     never = None
     if p.outlier_fraction > 0:  # each rank scores whole blocks of isolation's grid: the one-process bits
         step = isolation_block_rows(n)
