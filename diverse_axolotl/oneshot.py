@@ -204,13 +204,14 @@ def select_pool(
         t = time.perf_counter()
         model, causal = load_any_model(model_dir, *(((spec.device, spec.dtype)) if spec else ()))
         tokenizer = load_tokenizer(model_dir, note=log)
-        spec = embedding_spec(causal, spec)
+        spec = embedding_spec(causal, spec, selector)
         model_info = {
             "path": str(model_dir),
             "fingerprint": model_fingerprint(model_dir),
             "kind": "causal LM (loop embedding)" if causal else "encoder (mean pooling, L2-normalised)",
             "pooling": spec.pooling,
             "layer": spec.layer,
+            "text": spec.text,
             "max_length": spec.max_length,
             "dtype": dtype_name(spec.dtype, spec.device),
         }

@@ -208,6 +208,13 @@ class SelectionSpec(Strict):
                 "\n".join(f"selection.{info.field_name}: {line}" for line in str(exc).splitlines())
             ) from None
 
+    @model_validator(mode="after")
+    def _selector_embedding_text(self):
+        """`embedding.text` left out: the selector's own (`Selector.embedding_text`; k-center embeds the prompt)."""
+        if "text" not in self.embedding.model_fields_set:
+            self.embedding = self.embedding.model_copy(update={"text": self.selector.component.embedding_text})
+        return self
+
     @property
     def total_rows(self) -> int:
         return self.seed_size + self.rounds * self.per_round

@@ -44,11 +44,14 @@ def load_any_model(model_dir: Path, device: str = "auto", dtype: str = "auto"):
     return model.to(dev).eval(), False
 
 
-def embedding_spec(causal: bool, spec=None):
-    """The loop's embedding settings for a causal LM (the recipe's, if given); mean pooling for an encoder."""
+def embedding_spec(causal: bool, spec=None, selector=None):
+    """The loop's embedding settings for a causal LM (the recipe's, if given; the text `selector` embeds unless the
+    settings name one, as a recipe resolves it); mean pooling for an encoder."""
     from .recipe import EmbeddingSpec
 
     spec = spec or EmbeddingSpec()
+    if selector is not None and "text" not in spec.model_fields_set:
+        spec = spec.model_copy(update={"text": selector.embedding_text})
     return spec if causal else spec.model_copy(update={"pooling": "mean", "layer": -1})
 
 

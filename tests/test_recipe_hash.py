@@ -163,8 +163,9 @@ def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
         )
 
     plain = {"normalize": False, "outlier_fraction": 0.0}  # k-center's default until issue 17 turned both levers on
-    assert recipe(selector=plain).hash == expected
-    assert recipe(selector=plain, embedding={"text": "prompt_response"}).hash == expected
+    whole = {"text": "prompt_response"}  # what k-center embedded until issue 17 (the prompt alone since)
+    assert recipe(selector=plain, embedding=whole).hash == expected
+    assert recipe(selector=plain).hash != expected  # the prompt alone: another run
     assert "normalize" in recipe().resolved()["selection"]["selector"]  # run.json still records every parameter
     # a recipe that leaves the levers out now means cosine k-center with outliers: a different run from before
     assert recipe().hash == recipe(selector={"normalize": True, "outlier_fraction": 0.05}).hash != expected
@@ -175,6 +176,24 @@ def test_options_added_later_leave_old_recipes_hashes_alone(block, expected):
         recipe(selector=plain, embedding={"text": "prompt"}).hash,
     }
     assert len(changed) == 3 and expected not in changed
+
+
+def test_embedding_text_left_out_is_the_selectors_own():
+    """k-center embeds the prompt alone unless the recipe says otherwise; every other selector prompt + answer."""
+    from pathlib import Path
+
+    from diverse_axolotl.recipe import Recipe
+
+    def text(selector, **embedding):
+        selection = {"pool": {"path": Path("/p.json")}, "seed_size": 4, "per_round": 4, "rounds": 1}
+        selection.update(selector=selector, embedding=embedding)
+        recipe = Recipe(path=Path("/r.yaml"), output_dir=Path("/o"), axolotl={"base_model": "/m"}, selection=selection)
+        return recipe.selection.embedding.text, recipe.resolved()["selection"]["embedding"]["text"]
+
+    assert text({"name": "kcenter"}) == ("prompt", "prompt")
+    assert text({"name": "kcenter"}, text="prompt_response") == ("prompt_response", "prompt_response")
+    assert text({"name": "kmq"}) == ("prompt_response", "prompt_response")
+    assert text({"name": "kmq"}, text="prompt") == ("prompt", "prompt")
 
 
 def test_prompt_only_embedding_text_and_its_cache_key(tiny_model):
@@ -206,7 +225,10 @@ def test_shared_fs_changes_neither_the_recipe_hash_nor_the_cache_key(tiny_model)
 
     def recipe(**embedding):
         selection = {"pool": {"path": Path("/data/no-such-pool.json")}, "seed_size": 4, "per_round": 4, "rounds": 2}
-        selection.update(selector={"name": "kcenter", "normalize": False, "outlier_fraction": 0.0}, embedding=embedding)
+        selection.update(
+            selector={"name": "kcenter", "normalize": False, "outlier_fraction": 0.0},
+            embedding={"text": "prompt_response", **embedding},
+        )
         return Recipe(
             path=Path("/recipes/recipe.yaml"),
             output_dir=Path("/runs/run"),

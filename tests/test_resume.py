@@ -132,8 +132,13 @@ def test_an_interrupted_select_continues_its_pool_embedding(tmp_path, tiny_model
         return result, out
 
     real_spec = select_model.embedding_spec  # small batches (the default 16,384 tokens hold this whole pool)
-    monkeypatch.setattr(select_model, "embedding_spec", lambda causal, spec=None: real_spec(causal, spec).model_copy(
-        update={"batch_tokens": 256}))
+    monkeypatch.setattr(
+        select_model,
+        "embedding_spec",
+        lambda causal, spec=None, selector=None: real_spec(causal, spec, selector).model_copy(
+            update={"batch_tokens": 256}
+        ),
+    )
     whole, whole_out = select(tmp_path / "whole", None)
     assert whole.exit_code == 0, whole.output
     n_batches = forwards["n"]

@@ -61,15 +61,17 @@ def test_the_selector_state_round_trips_through_the_round_files(tmp_path):
 
 
 # -- end to end with Axolotl ----------------------------------------------------------------------------------
-def base_embeddings(model_dir, pool_file) -> np.ndarray:
-    """The pool embedded by the base model alone, recomputed here as the recipe's `embedding` block says."""
+def base_embeddings(model_dir, pool_file, prompt_only: bool = False) -> np.ndarray:
+    """The pool embedded by the base model alone, recomputed here as the recipe's `embedding` block says
+    (`prompt_only`: the prompt without its answer, what k-center embeds by default)."""
     from diverse_axolotl.data import prompt_and_response
     from diverse_axolotl.embedding import embed_rows
     from diverse_axolotl.models import load_model, load_tokenizer
     from diverse_axolotl.recipe import EmbeddingSpec
 
     tok = load_tokenizer(model_dir)
-    texts = ["".join(prompt_and_response(r, "alpaca", tok)) for r in json.loads(pool_file.read_text())]
+    parts = [prompt_and_response(r, "alpaca", tok) for r in json.loads(pool_file.read_text())]
+    texts = [prompt if prompt_only else prompt + response for prompt, response in parts]
     spec = EmbeddingSpec(max_length=128, batch_tokens=2048)
     return np.asarray(embed_rows(load_model(model_dir, None, "cpu"), tok, texts, spec))
 
@@ -104,7 +106,7 @@ def test_round0_base_is_kcenter_on_the_base_embeddings(tmp_path, tiny_model, poo
     result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    emb = base_embeddings(tiny_model, pool_file)
+    emb = base_embeddings(tiny_model, pool_file, prompt_only=True)
     np.testing.assert_allclose(np.load(run / "round_0" / "base_embeddings.npy"), emb, rtol=1e-5, atol=1e-6)
     expected = get_selector("kcenter", device="cpu").select(emb, 8, seed=0)
     m = manifest(run, 0)

@@ -74,11 +74,12 @@ def test_select_with_a_model_picks_what_the_selector_picks_on_its_embeddings(tmp
     pool = json.loads(pool_file.read_text())
     manifest = json.loads((tmp_path / "subset.manifest.json").read_text())
     assert len(manifest["indices"]) == 6 and read_jsonl(out) == [pool[i] for i in manifest["indices"]]
-    # the loop's embedding of the base model, computed here independently
+    # the loop's embedding of the base model, computed here independently: k-center embeds the prompt alone
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model, dtype="float32")
-    spec = EmbeddingSpec(dtype="float32")
-    emb = embed_rows(model, tok, pool_texts(pool, "alpaca", tok), spec)
+    spec = EmbeddingSpec(dtype="float32", text="prompt")
+    emb = embed_rows(model, tok, pool_texts(pool, "alpaca", tok, "prompt"), spec)
     assert manifest["indices"] == get_selector("kcenter", device="cpu").select(emb, 6).tolist()
+    assert manifest["model"]["text"] == "prompt"
     assert manifest["selector"] == {
         "name": "kcenter",
         "params": get_selector("kcenter", device="cpu").params.model_dump(mode="json"),

@@ -43,6 +43,8 @@ class Selector:
     default_scorer: ClassVar[str | None] = None
     #: True when the selector needs no embeddings at all (the loop can then skip embedding the pool).
     needs_embeddings: ClassVar[bool] = True
+    #: What of each row is embedded when `selection.embedding.text` is left out (`prompt_response` or `prompt`).
+    embedding_text: ClassVar[str] = "prompt_response"
 
     def __init__(self, **params):
         self._configure(parse_params(self.name, self.Params, params))

@@ -345,6 +345,7 @@ class KCenterSelector(Selector):
     name = "kcenter"
     description = "greedy k-center / farthest-first (DiverseEvol): each pick maximises distance to the selected set"
     Params = KCenterParams
+    embedding_text = "prompt"  # issue 17's validation: the default with prompt-only embeddings beat it with both
 
     def _select(self, embeddings, budget, already_selected, scores, seed):
         p = self.params
