@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--arms", default=None, help="comma-separated arms to run (default: all); the report covers every arm found"
     )
     p.add_argument("--budgets", default=None, help="comma-separated budget fractions to run (default: the config's)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to run (default: each arm's); two invocations"
+                   " can then run one arm's seeds side by side")
     p.add_argument("--out", type=Path, default=None, help="write RESULTS.md and plots here, run folders under OUT/work")
     p.add_argument(
         "--work", type=Path, default=None, help="folder for the pool, recipes and run folders (overrides the config)"
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         write_recipe(path, recipe_for(plan, cfg, pool_file, model, work / "runs", heldout, gpu, eval_dir))
         recipes[plan.key] = path
     todo = plan_runs(cfg, len(pool_rows), arms, budgets)
+    if args.seeds:
+        todo = [plan for plan in todo if plan.seed in {int(x) for x in args.seeds.split(",")}]
     for plan in todo:
         rows = ", ".join(f"{budget_label(b)}={n}" for b, n in plan.rows_at.items())
         print(
