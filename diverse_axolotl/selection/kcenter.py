@@ -13,7 +13,8 @@ farthest-first and bfloat16 storage stays close to them. After centring, the row
 the row with the largest norm.
 
 Two levers against k-center's known weakness, hunting outliers (in a pilot, 22-29% of its picks were the pool's
-longest rows). Both are on by default; `normalize: false, outlier_fraction: 0` is the paper's Euclidean k-center.
+longest rows). Both are on by default; `normalize: false, outlier_fraction: 0` (with `selection.embedding.text:
+prompt_response`) is the paper's Euclidean k-center.
 The defaults follow issue 17's rule: on the benchmark's validation split (bench/quality/results_cpu, never its
 held-out sets) each beat what was the default before it by more than random's spread across seeds.
 - `normalize`: after centring, rows are scaled to unit length (cosine k-center): a row's length no longer makes it
@@ -22,6 +23,9 @@ held-out sets) each beat what was the default before it by more than random's sp
   fraction of rows, by the distance to their `outlier_neighbours`-th nearest row of a seeded reference sample of at
   most 4,096 rows, is never picked (never so many that the budget cannot be met). The cost is O(N x sample x d),
   chunked; under torch.distributed each rank scores whole blocks of the same grid and one all-gather shares them.
+A third default sits outside the selector: k-center's rows are embedded from the prompt alone
+(`embedding_text`, used where a recipe leaves `selection.embedding.text` out), so a long answer does not make a row
+far; on the same validation split it beat prompt + answer, both levers on, by more than the spread.
 """
 
 from __future__ import annotations
