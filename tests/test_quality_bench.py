@@ -107,7 +107,7 @@ def test_full_config_plans_every_arm_at_equal_budgets():
         "random",
         "kcenter",
         "kcenter_iter",
-        "kcenter_cosine",
+        "kcenter_default",
         "kmeans_closest",
         "kmeans_random",
         "kmq",
