@@ -50,6 +50,24 @@ def test_budget_and_params_parse():
     }
 
 
+def test_select_embedding_text_overrides_the_selectors_own(tmp_path, tiny_model, pool_file):
+    """`--embedding-text prompt_response`: k-center on prompt + answer, the paper's text, in one shot too."""
+    from diverse_axolotl.embedding import embed_rows, pool_texts
+    from diverse_axolotl.models import load_model, load_tokenizer
+    from diverse_axolotl.recipe import EmbeddingSpec
+
+    out = tmp_path / "subset.jsonl"
+    args = ["--selector", "kcenter", "--param", "device=cpu", "--budget", "6", "--model", tiny_model, "--out", out]
+    result, _ = invoke("select", pool_file, *args, "--embedding-text", "prompt_response")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "subset.manifest.json").read_text())
+    tok, model = load_tokenizer(tiny_model), load_model(tiny_model, dtype="float32")
+    pool = json.loads(pool_file.read_text())
+    emb = embed_rows(model, tok, pool_texts(pool, "alpaca", tok), EmbeddingSpec(dtype="float32"))
+    assert manifest["model"]["text"] == "prompt_response"
+    assert manifest["indices"] == get_selector("kcenter", device="cpu").select(emb, 6).tolist()
+
+
 def test_select_with_a_model_picks_what_the_selector_picks_on_its_embeddings(tmp_path, tiny_model, pool_file):
     from diverse_axolotl.embedding import embed_rows, pool_texts
     from diverse_axolotl.models import load_model, load_tokenizer

@@ -81,16 +81,24 @@ def selectors(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("subset.jsonl"), show_default=True,
               help=".jsonl, .json or .parquet")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--embedding-text", "embedding_text", type=click.Choice(["prompt_response", "prompt"]), default=None,
+              help="what of each row --model embeds (default: the selector's: prompt for kcenter, prompt_response"
+                   " for the others)")
 @friendly_errors
 def select_cmd(
-    pool, selector_name, params, budget, model_dir, embeddings_file, scorer_name, fmt, split, out, seed
+    pool, selector_name, params, budget, model_dir, embeddings_file, scorer_name, fmt, split, out, seed, embedding_text
 ) -> None:
     """Select a subset of POOL (files, globs, folders or a save_to_disk dataset) in one shot, no training."""
     from ..oneshot import parse_params, read_select_pool, select_pool, write_selection
 
     data = read_select_pool(pool, fmt, split=split)
+    spec = None
+    if embedding_text:
+        from ..recipe import EmbeddingSpec
+
+        spec = EmbeddingSpec(text=embedding_text)
     picks, manifest = select_pool(data, selector_name, parse_params(params), budget, seed, model_dir, embeddings_file,
-                                  scorer_name, log=say)
+                                  scorer_name, spec=spec, log=say)
     manifest_file = write_selection(data, picks, manifest, out)
     echo(f"pool      {', '.join(map(str, data.sources))}: {len(data.rows)} rows, format {data.fmt}"
          f" ({data.stats['empty_skipped']} empty skipped)")

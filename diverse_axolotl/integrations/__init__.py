@@ -16,7 +16,7 @@ trains exactly the selected rows.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +39,9 @@ class DiverseSelection(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="the selector's parameters")
     scorer: str | None = Field(None, description="scorer for selectors that use scores (default: the selector's)")
     seed: int | None = Field(None, description="default: the config's seed, else 0")
+    embedding_text: Literal["prompt_response", "prompt"] | None = Field(
+        None, description="what of each row is embedded (default: the selector's: prompt for kcenter)"
+    )
 
 
 class SelectionArgs(BaseModel):
@@ -80,6 +83,7 @@ def run_selection(cfg) -> tuple[Path, Path]:
     """Select from cfg.datasets, write the subset and manifest into output_dir, point cfg.datasets at the subset."""
     from ..logs import say
     from ..oneshot import select_pool, write_selection
+    from ..recipe import EmbeddingSpec
 
     spec = DiverseSelection.model_validate(_plain(cfg.diverse_selection))
     datasets = _plain(list(cfg.datasets or []))
@@ -95,6 +99,7 @@ def run_selection(cfg) -> tuple[Path, Path]:
         model_dir,
         Path(spec.embeddings) if spec.embeddings else None,
         spec.scorer,
+        spec=EmbeddingSpec(text=spec.embedding_text) if spec.embedding_text else None,
         log=say,
     )
     out = Path(cfg.output_dir) / SUBSET_FILE

@@ -123,8 +123,10 @@ def isolation(
     ref_sq = (ref**2).sum(1)
     k = min(neighbours, len(ref_ids) - 1)
     start, stop = rows if rows is not None else (0, n)
-    out = np.empty(stop - start, dtype=np.float64)
     step = isolation_block_rows(n, sample_rows)
+    if start % step or not (stop == n or stop % step == 0) or not 0 <= start <= stop <= n:
+        raise ValueError(f"isolation: rows ({start}, {stop}) are not whole blocks of {step} rows of {n}")
+    out = np.empty(stop - start, dtype=np.float64)
     for s in range(start, stop, step):
         block = prep(emb[s : min(s + step, stop)])
         d2 = np.maximum((block**2).sum(1)[:, None] - 2 * block @ ref.T + ref_sq[None, :], 0.0)
