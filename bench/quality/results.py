@@ -228,6 +228,13 @@ def aggregate(records: list[dict], metrics: list[str], random_arm: str = "random
 
 
 # ---------------------------------------------------------------------------------------------------- plots
+def arm_color(i: int, n_arms: int):
+    """Arm i's colour: matplotlib's ten defaults, or tab20's twenty when there are more arms (no colour twice)."""
+    from matplotlib import colormaps
+
+    return f"C{i % 10}" if n_arms <= 10 else colormaps["tab20"](i % 20)
+
+
 def plot_metric(
     records: list[dict], arms: list[str], modes: dict[str, str], metric: str, path: Path, random_arm: str = "random"
 ) -> None:
@@ -240,7 +247,7 @@ def plot_metric(
         recs = [r for r in records if r["arm"] == arm and metric in r["metrics"]]
         if not recs:
             continue
-        color = f"C{i % 10}"
+        color = arm_color(i, len(arms))
         if modes.get(arm) == "full":
             v = stats([r["metrics"][metric] for r in recs])["mean"]
             ax.axhline(v, color=color, linestyle="--", label=f"{arm} (all rows)")
@@ -262,7 +269,7 @@ def plot_metric(
             [x + shift for x in xs],
             mean,
             yerr=err,
-            marker="o",
+            marker="os^Dv"[i % 5],
             color=color,
             capsize=3,
             label=label,
