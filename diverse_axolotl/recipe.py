@@ -178,6 +178,12 @@ class EmbeddingSpec(Strict):
         json_schema_extra=HASH_NEUTRAL,
     )
 
+    def with_text_of(self, selector) -> EmbeddingSpec:
+        """These settings, with `text` the selector's own (`Selector.embedding_text`) where they leave it out."""
+        if "text" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"text": selector.embedding_text})
+
 
 class SelectionSpec(Strict):
     pool: PoolSpec
@@ -211,8 +217,7 @@ class SelectionSpec(Strict):
     @model_validator(mode="after")
     def _selector_embedding_text(self):
         """`embedding.text` left out: the selector's own (`Selector.embedding_text`; k-center embeds the prompt)."""
-        if "text" not in self.embedding.model_fields_set:
-            self.embedding = self.embedding.model_copy(update={"text": self.selector.component.embedding_text})
+        self.embedding = self.embedding.with_text_of(self.selector.component)
         return self
 
     @property

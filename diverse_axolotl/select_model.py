@@ -50,8 +50,8 @@ def embedding_spec(causal: bool, spec=None, selector=None):
     from .recipe import EmbeddingSpec
 
     spec = spec or EmbeddingSpec()
-    if selector is not None and "text" not in spec.model_fields_set:
-        spec = spec.model_copy(update={"text": selector.embedding_text})
+    if selector is not None:
+        spec = spec.with_text_of(selector)
     return spec if causal else spec.model_copy(update={"pooling": "mean", "layer": -1})
 
 
